@@ -1,0 +1,24 @@
+"""PyTorch's own strategies: every one against the one-process reference, on every workload."""
+
+import pytest
+
+from parabench.checks import PARITY, assert_loss_decreases, assert_parity
+from parabench.matrix import cases, params
+
+STRATEGIES = ["single", "torch-ddp", "torch-ddp-amp", "torch-zero", "torch-fsdp", "torch-fsdp1"]
+OPTIMIZERS = ["sgd", "adam", "adamw", "adafactor"]
+
+CASES = (
+    params(cases(STRATEGIES, OPTIMIZERS, ["gpt2-text"]))
+    + params(cases(STRATEGIES, ["adamw"], ["mlp-digits", "vit-digits"]))
+    + params(cases(STRATEGIES[1:], ["adamw"], ["gpt2-text"], world_sizes=[4]), pytest.mark.full)
+    + params(cases(["single", "torch-ddp", "torch-fsdp"], ["adamw"], ["vit-beans"], steps=10), pytest.mark.full)
+)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_train(case, run_case, reference):
+    result = run_case(case)
+    assert_loss_decreases(result.losses)
+    if case.strategy != "single":
+        assert_parity(result.losses, reference(case).losses, PARITY[case.precision])

@@ -1,0 +1,64 @@
+"""The environment a result was measured in: device, backend, library versions, hardware key."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+
+TRACKED_PACKAGES = ("torch", "transformers", "datasets", "deepspeed", "colossalai", "fairscale",
+                    "pytest-benchmark")
+
+
+def cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def device_type(requested: str = "auto") -> str:
+    """'cuda' when asked for or when one exists (auto), else 'cpu'."""
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"unknown device {requested!r}; use auto, cpu or cuda")
+    if requested == "auto":
+        return "cuda" if cuda_device_count() else "cpu"
+    if requested == "cuda" and not cuda_device_count():
+        raise RuntimeError("--bench-device=cuda was asked for, but torch sees no CUDA device")
+    return requested
+
+
+def backend_for(device: str) -> str:
+    return "nccl" if device == "cuda" else "gloo"
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware(device: str) -> dict[str, object]:
+    """What the time and memory of a result depend on, beyond the code."""
+    import os
+
+    info: dict[str, object] = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "device": device}
+    if device == "cuda":
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_count"] = torch.cuda.device_count()
+    return info

@@ -1,0 +1,55 @@
+"""Cases as pytest parameters: the cross product a benchmark module asks for, with readable ids."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Iterable, Sequence
+
+import pytest
+
+from parabench.case import Case
+from parabench.optimizers import OPTIMIZERS
+from parabench.requirements import Machine, unmet
+from parabench.strategies import STRATEGIES
+from parabench.workloads import WORKLOADS
+
+
+def cases(strategies: Sequence[str], optimizers: Sequence[str], workloads: Sequence[str],
+          world_sizes: Sequence[int] = (2,), precisions: Sequence[str] | None = None, **fields) -> list[Case]:
+    """Every combination; a strategy gets each precision it supports (of ``precisions``, if given).
+
+    Strategies that run in one process (``single``) get world size 1 whatever ``world_sizes`` says.
+    """
+    found = []
+    for strategy, optimizer, workload in itertools.product(strategies, optimizers, workloads):
+        cls = STRATEGIES.get(strategy)
+        OPTIMIZERS.get(optimizer), WORKLOADS.get(workload)  # unknown names fail at collection
+        sizes = (1,) if cls.requires.max_world_size == 1 else world_sizes
+        for world_size in sizes:
+            for precision in (p for p in cls.precisions if precisions is None or p in precisions):
+                found.append(Case(strategy, optimizer, workload, world_size, precision, **fields))
+    return list(dict.fromkeys(found))
+
+
+def params(found: Iterable[Case], *marks: pytest.MarkDecorator) -> list:
+    """``pytest.param`` per case, id = case id, each marked with its strategy's family."""
+    out = []
+    for case in found:
+        family = STRATEGIES.get(case.strategy).family
+        out.append(pytest.param(case, id=case.id, marks=(getattr(pytest.mark, family), *marks)))
+    return out
+
+
+def skip_reason(case: Case, machine: Machine) -> str | None:
+    """Why this machine cannot run ``case``, decided without spawning anything; None if it can."""
+    strategy = STRATEGIES.get(case.strategy)
+    if not strategy.supports(case.precision):
+        return f"{case.strategy} does not run in {case.precision}; it supports {', '.join(strategy.precisions)}"
+    checks = [(case.strategy, strategy.requirements(case.precision)),
+              (case.optimizer, OPTIMIZERS.get(case.optimizer).requires),
+              (case.workload, WORKLOADS.get(case.workload).requires)]
+    for who, requirements in checks:
+        reason = unmet(who, requirements, case.world_size, machine)
+        if reason:
+            return reason
+    return None

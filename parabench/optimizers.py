@@ -1,0 +1,43 @@
+"""The optimizer registry: a class and its hyper-parameters per name.
+
+Wrappers such as ZeroRedundancyOptimizer take the class and keyword arguments apart,
+so an entry keeps them apart too instead of hiding them in a closure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+
+from parabench.registry import Registry
+from parabench.requirements import Requirements
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """How to build one optimizer: ``cls(params, **kwargs)``."""
+
+    name: str
+    cls: Callable[..., torch.optim.Optimizer]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    requires: Requirements = Requirements()
+
+    def build(self, params: Iterable[torch.nn.Parameter] | Iterable[dict]) -> torch.optim.Optimizer:
+        return self.cls(params, **self.kwargs)
+
+
+OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer")
+
+
+def register(name: str, cls: Callable[..., torch.optim.Optimizer], **kwargs: Any) -> OptimizerSpec:
+    return OPTIMIZERS.add(name, OptimizerSpec(name, cls, kwargs))
+
+
+# SGD with momentum is in the default matrix on purpose: Adam is invariant to the scale of
+# the gradient and hides a missing 1/world_size in gradient averaging; SGD does not.
+register("sgd", torch.optim.SGD, lr=0.05, momentum=0.9)
+register("adam", torch.optim.Adam, lr=1e-3)
+register("adamw", torch.optim.AdamW, lr=1e-3, weight_decay=0.01)
+register("adafactor", torch.optim.Adafactor, lr=1e-2)

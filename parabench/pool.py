@@ -1,0 +1,223 @@
+"""Long-lived rank processes that run many cases, and their failure handling.
+
+Spawning a process group costs seconds (10–15 s with the frameworks imported), so ranks are
+started once per (world size, backend) and reused. Any failure — a rank's exception, its death,
+or a time-out — breaks the pool: the caller gets every rank's story and the next case gets a
+fresh pool, because a collective that failed or timed out leaves the process group unusable.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import signal
+import tempfile
+import time
+from typing import Any, Callable
+
+from parabench import worker
+
+
+class RankFailure(RuntimeError):
+    """A task failed on one or more ranks; the message holds each rank's traceback or stacks."""
+
+
+class CaseTimeout(RankFailure):
+    """A task did not finish in time; the message holds the Python stacks of the ranks still running."""
+
+
+class RankSkip(Exception):
+    """Every rank that answered asked to skip (pytest.skip inside a rank)."""
+
+
+# A rank that failed leaves its peers blocked in a collective; give them this long to fail too.
+PEER_GRACE_S = 3.0
+
+
+class RankPool:
+    """``world_size`` rank processes in one process group, fed tasks through pipes."""
+
+    def __init__(self, world_size: int, device_type: str = "cpu", backend: str = "gloo",
+                 process_group_timeout_s: float = 300.0, start_timeout_s: float = 180.0, threads: int = 1):
+        self.world_size = world_size
+        self.device_type = device_type
+        self.backend = backend
+        self.broken = False
+        self.directory = tempfile.mkdtemp(prefix=f"parabench-pool-w{world_size}-")
+        # A file store needs no free port: no races between sessions or pools.
+        init_method = f"file://{os.path.join(self.directory, 'rendezvous')}"
+        context = multiprocessing.get_context("spawn")
+        self.processes: list[multiprocessing.process.BaseProcess] = []
+        self.connections: list[multiprocessing.connection.Connection] = []
+        self.stack_paths: list[str] = []
+        for rank in range(world_size):
+            stack_path = os.path.join(self.directory, f"rank{rank}.stacks")
+            config = worker.WorkerConfig(rank=rank, world_size=world_size, device_type=device_type,
+                                         backend=backend, init_method=init_method, stack_path=stack_path,
+                                         process_group_timeout_s=process_group_timeout_s, threads=threads)
+            ours, theirs = context.Pipe()
+            process = context.Process(target=worker.main, args=(config, theirs), name=f"parabench-rank{rank}")
+            process.start()
+            theirs.close()
+            self.processes.append(process)
+            self.connections.append(ours)
+            self.stack_paths.append(stack_path)
+        try:
+            self._collect(lambda rank, message: message[0] == "ready", start_timeout_s, "start the process group")
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
+
+    def run(self, function: Callable[..., Any], *args: Any, timeout_s: float) -> list[Any]:
+        """Call ``function(context, *args)`` on every rank; return each rank's value, in rank order."""
+        if self.broken:
+            raise RuntimeError("this pool is broken; ask the PoolManager for a fresh one")
+        self.broken = True  # until every rank has answered
+        for connection in self.connections:
+            connection.send((function, args))
+        answers = self._collect(lambda rank, message: True, timeout_s, getattr(function, "__name__", "task"))
+        skips = [m[1] for m in answers if m[0] == "skip"]
+        self.broken = False
+        if skips:
+            raise RankSkip(skips[0])
+        return [m[1] for m in answers]
+
+    def _collect(self, accept, timeout_s: float, what: str) -> list[tuple]:
+        """Each rank's next message; raises RankFailure / CaseTimeout with every rank's story."""
+        deadline = time.monotonic() + timeout_s
+        answers: dict[int, tuple] = {}
+        failures: dict[int, str] = {}
+        pending = set(range(self.world_size))
+        first_failure: float | None = None
+        while pending:
+            now = time.monotonic()
+            if first_failure is not None:
+                deadline = min(deadline, first_failure + PEER_GRACE_S)
+            if now >= deadline:
+                break
+            waitables = {}
+            for rank in pending:
+                waitables[self.connections[rank]] = rank
+                waitables[self.processes[rank].sentinel] = rank
+            for ready in multiprocessing.connection.wait(list(waitables), timeout=deadline - now):
+                rank = waitables[ready]
+                if rank not in pending:
+                    continue
+                if ready is self.connections[rank] or self.connections[rank].poll():
+                    try:
+                        message = self.connections[rank].recv()
+                    except (EOFError, OSError):
+                        message = None
+                else:
+                    message = None
+                pending.discard(rank)
+                if message is None:
+                    self.processes[rank].join(1)
+                    failures[rank] = self._death(rank)
+                elif message[0] == "error":
+                    failures[rank] = f"rank {rank} raised {message[1]}\n{message[2]}"
+                elif accept(rank, message):
+                    answers[rank] = message
+                else:
+                    failures[rank] = f"rank {rank} sent an unexpected message {message!r}"
+                if failures and first_failure is None:
+                    first_failure = time.monotonic()
+        if not pending and not failures:
+            return [answers[r] for r in range(self.world_size)]
+        self.broken = True
+        stacks = self._dump_stacks(sorted(pending))
+        elapsed = timeout_s - max(0.0, deadline - time.monotonic())
+        lines = [f"{what} failed on {self.world_size} ranks:"] + [failures[r] for r in sorted(failures)]
+        for rank in sorted(pending):
+            lines.append(f"rank {rank} still running after {'its peers failed' if failures else f'{timeout_s:.0f} s'}; "
+                         f"its Python stacks:\n{stacks[rank]}")
+        self.close()
+        if failures:
+            raise RankFailure("\n\n".join(lines))
+        raise CaseTimeout(f"{what} timed out after {elapsed:.1f} s (limit {timeout_s:.0f} s)\n\n"
+                          + "\n\n".join(lines[1:]))
+
+    def _death(self, rank: int) -> str:
+        code = self.processes[rank].exitcode
+        how = (f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0
+               else f"exited with code {code}")
+        crash = self._read_stacks(rank).strip()
+        return f"rank {rank} {how}" + (f"; its last stacks:\n{crash}" if crash else "")
+
+    def _read_stacks(self, rank: int) -> str:
+        try:
+            with open(self.stack_paths[rank]) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def _dump_stacks(self, ranks: list[int]) -> dict[int, str]:
+        """Each rank's Python stacks, through the faulthandler signal it registered."""
+        before = {rank: len(self._read_stacks(rank)) for rank in ranks}
+        for rank in ranks:
+            if self.processes[rank].is_alive():
+                os.kill(self.processes[rank].pid, worker.STACK_SIGNAL)
+        time.sleep(0.5)
+        return {rank: self._read_stacks(rank)[before[rank]:].strip() or "(no stacks: the process did not answer)"
+                for rank in ranks}
+
+    def close(self, grace_s: float = 5.0) -> None:
+        """End every rank: politely when the pool is healthy, by signal otherwise. Idempotent."""
+        if not self.broken:
+            for connection in self.connections:
+                try:
+                    connection.send(None)
+                except (OSError, ValueError):
+                    pass
+            deadline = time.monotonic() + grace_s
+            for process in self.processes:
+                process.join(max(0.0, deadline - time.monotonic()))
+        for process in self.processes:
+            if process.is_alive():
+                process.terminate()
+        for process in self.processes:
+            process.join(2)
+            if process.is_alive():
+                process.kill()
+                process.join(2)
+        for connection in self.connections:
+            connection.close()
+        self.connections = []
+        self.broken = True
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def alive(self) -> bool:
+        return any(p.is_alive() for p in self.processes)
+
+
+class PoolManager:
+    """One healthy pool per world size, created on first use and replaced after any failure."""
+
+    def __init__(self, device_type: str = "cpu", backend: str = "gloo", **pool_options: Any) -> None:
+        self.device_type, self.backend, self.pool_options = device_type, backend, pool_options
+        self.pools: dict[int, RankPool] = {}
+        self.started = 0
+
+    def get(self, world_size: int) -> RankPool:
+        pool = self.pools.get(world_size)
+        if pool is None or pool.broken:
+            if pool is not None:
+                pool.close()
+            pool = RankPool(world_size, self.device_type, self.backend, **self.pool_options)
+            self.pools[world_size] = pool
+            self.started += 1
+        return pool
+
+    def run(self, world_size: int, function: Callable[..., Any], *args: Any, timeout_s: float) -> list[Any]:
+        return self.get(world_size).run(function, *args, timeout_s=timeout_s)
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+        self.pools.clear()

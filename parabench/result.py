@@ -1,0 +1,83 @@
+"""What a case produced: each rank's measurements, and their merge into one case result."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from parabench.case import Case
+
+
+@dataclass(frozen=True)
+class RankResult:
+    """One rank's measurements of one case."""
+
+    rank: int
+    losses: list[float]               # global (averaged over replicas) loss of every step, warm-up included
+    step_seconds: list[float]         # this rank's wall time of each measured step
+    setup_seconds: float              # model build, wrapping and optimizer construction
+    state_bytes: dict[str, int]       # params, grads, optimizer, master, total
+    peak_allocated_bytes: int | None  # CPU: profiler replay of one extra step; CUDA: max allocated
+    cuda_max_reserved_bytes: int | None
+    rss_bytes: dict[str, int]
+    workload: dict[str, Any]          # what the data and model were (see Workload.describe)
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """A case's result as the controller sees it: per-step times of the slowest rank, memory per rank."""
+
+    case: Case
+    ranks: list[RankResult]
+    environment: dict[str, Any] = field(default_factory=dict)
+    wall_seconds: float = 0.0         # controller-side, from sending the case to the last rank's answer
+
+    @property
+    def losses(self) -> list[float]:
+        return self.ranks[0].losses
+
+    @property
+    def step_seconds(self) -> list[float]:
+        """Per measured step, the slowest rank's time: a step is done when every rank is."""
+        return [max(times) for times in zip(*(r.step_seconds for r in self.ranks))]
+
+    @property
+    def median_step_seconds(self) -> float:
+        return statistics.median(self.step_seconds)
+
+    @property
+    def samples_per_second(self) -> float:
+        global_batch = self.environment.get("global_batch")
+        return global_batch / self.median_step_seconds if global_batch else float("nan")
+
+    @property
+    def fixed_cost_seconds(self) -> float:
+        """Controller wall time not spent in training steps: dispatch, setup, measurement, teardown."""
+        steps = sum(self.step_seconds) * (self.case.total_steps / self.case.steps)
+        return self.wall_seconds - steps
+
+    def extra_info(self) -> dict[str, Any]:
+        """Everything the gate and reports read, in the keys they expect (stored by pytest-benchmark)."""
+        return {
+            "case": self.case.to_dict(),
+            "loss": self.losses,
+            "step_seconds": self.step_seconds,
+            "step_seconds_per_rank": [r.step_seconds for r in self.ranks],
+            "samples_per_second": self.samples_per_second,
+            "state_bytes": [r.state_bytes for r in self.ranks],
+            "peak_allocated_bytes": [r.peak_allocated_bytes for r in self.ranks],
+            "cuda_max_reserved_bytes": [r.cuda_max_reserved_bytes for r in self.ranks],
+            "rss_bytes": [r.rss_bytes for r in self.ranks],
+            "setup_seconds": max(r.setup_seconds for r in self.ranks),
+            "wall_seconds": self.wall_seconds,
+            "fixed_cost_seconds": self.fixed_cost_seconds,
+            "workload": self.ranks[0].workload,
+            "fingerprint": self.ranks[0].fingerprint,
+            **self.environment,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"case": self.case.to_dict(), "ranks": [asdict(r) for r in self.ranks],
+                "environment": self.environment, "wall_seconds": self.wall_seconds}

@@ -1,0 +1,12 @@
+"""The strategy registry. Adding a strategy: a ``Strategy`` subclass and one line below."""
+
+from parabench.registry import Registry
+from parabench.strategies.base import RankContext, Strategy
+from parabench.strategies.torch_native import Single, TorchDDP, TorchDDPAmp, TorchFSDP, TorchFSDP1, TorchZero
+
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
+
+for _strategy in (Single, TorchDDP, TorchDDPAmp, TorchZero, TorchFSDP, TorchFSDP1):
+    STRATEGIES.add(_strategy.name, _strategy)
+
+__all__ = ["STRATEGIES", "RankContext", "Strategy"]

@@ -1,0 +1,115 @@
+"""What a strategy is: a way of parallelising one model and optimizer across the ranks."""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterable, Mapping
+
+import torch
+import torch.distributed as dist
+
+from parabench.optimizers import OptimizerSpec
+from parabench.precision import Autocast
+from parabench.requirements import Requirements
+from parabench.workloads import Batch, Workload
+
+LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RankContext:
+    """Where this rank stands: its place in the world and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+
+class Strategy(ABC):
+    """One way of parallelising training, registered by name in ``parabench.strategies``.
+
+    Class attributes declare what the strategy needs, so that the controller can skip a case
+    before spawning anything. An instance lives inside one rank for one case.
+    """
+
+    name: ClassVar[str]
+    family: ClassVar[str]  # the pytest mark that selects it: torch, deepspeed, colossalai, fairscale
+    requires: ClassVar[Requirements] = Requirements(min_world_size=2)
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+
+    def __init__(self, context: RankContext, precision: str = "fp32", options: Mapping[str, object] = ()) -> None:
+        self.context = context
+        self.precision = precision
+        self.options = dict(options)
+        self.autocast = Autocast(precision, context.device.type)
+        self.model: torch.nn.Module
+        self.optimizer: torch.optim.Optimizer
+
+    @classmethod
+    def requirements(cls, precision: str) -> Requirements:
+        """What a case of this strategy at ``precision`` needs."""
+        needs = cls.requires
+        if precision == "fp16":
+            needs = needs + Requirements(cuda=True)
+        return needs
+
+    @classmethod
+    def supports(cls, precision: str) -> bool:
+        return precision in cls.precisions
+
+    @abstractmethod
+    def setup(self, model: torch.nn.Module, optimizer: OptimizerSpec, workload: Workload) -> None:
+        """Wrap ``model`` (already built on every rank from the same seed) and build the optimizer."""
+
+    def data_parallel(self) -> tuple[int, int]:
+        """(this rank's index, number of replicas) among the ranks that split the global batch."""
+        return self.context.rank, self.context.world_size
+
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        """Skip gradient synchronisation (for all but the last micro-batch of an accumulation)."""
+        return contextlib.nullcontext()
+
+    def train_step(self, micro_batches: list[Batch], loss_fn: LossFn) -> torch.Tensor:
+        """One optimizer step over this rank's micro-batches; returns the mean local loss (detached)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = []
+        for i, batch in enumerate(micro_batches):
+            sync = i == len(micro_batches) - 1
+            with (contextlib.nullcontext() if sync else self.no_sync()):
+                with self.autocast.context():
+                    loss = loss_fn(self.model, batch)
+                self.autocast.backward(loss / len(micro_batches))
+            losses.append(loss.detach().float())
+        self.autocast.step(self.optimizer)
+        return torch.stack(losses).mean()
+
+    def global_loss(self, local_loss: torch.Tensor) -> float:
+        """The loss of the whole global batch: the mean over data-parallel replicas."""
+        if self.context.world_size == 1:
+            return local_loss.item()
+        total = local_loss.detach().clone().to(self.context.device)
+        dist.all_reduce(total)
+        return total.item() / self.context.world_size
+
+    def state_tensors(self) -> dict[str, Iterable[object]]:
+        """The tensors this rank holds, by category (see ``parabench.measure.state_bytes``)."""
+        from parabench.measure import optimizer_state_tensors
+
+        params = list(self.model.parameters())
+        return {"params": params, "grads": [p.grad for p in params],
+                "optimizer": optimizer_state_tensors(self.optimizer)}
+
+    def teardown(self) -> None:
+        """Release what the case holds, so the next case in this rank starts clean."""
+        for attribute in ("model", "optimizer"):
+            self.__dict__.pop(attribute, None)
+
+
+def block_classes(model: torch.nn.Module, names: Iterable[str]) -> set[type]:
+    """The module classes in ``model`` whose names are in ``names`` (the workload's blocks)."""
+    wanted = set(names)
+    return {type(m) for m in model.modules() if type(m).__name__ in wanted}

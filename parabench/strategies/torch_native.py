@@ -1,0 +1,122 @@
+"""The strategies PyTorch itself ships: one process, DDP (± autocast), ZeRO-1, FSDP2 and FSDP1."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable
+
+import torch
+
+from parabench.measure import optimizer_state_tensors
+from parabench.optimizers import OptimizerSpec
+from parabench.requirements import Requirements
+from parabench.strategies.base import Strategy, block_classes
+from parabench.workloads import Workload
+
+
+class Single(Strategy):
+    """One process, the whole global batch: the reference every parallel strategy is checked against."""
+
+    name = "single"
+    family = "torch"
+    requires = Requirements(max_world_size=1)
+    precisions = ("fp32", "bf16", "fp16")
+
+    def setup(self, model: torch.nn.Module, optimizer: OptimizerSpec, workload: Workload) -> None:
+        self.model = model.to(self.context.device)
+        self.optimizer = optimizer.build(self.model.parameters())
+
+
+class TorchDDP(Strategy):
+    """``DistributedDataParallel``: full replicas, gradients all-reduced in buckets."""
+
+    name = "torch-ddp"
+    family = "torch"
+
+    def setup(self, model: torch.nn.Module, optimizer: OptimizerSpec, workload: Workload) -> None:
+        self.model = self.wrap(model)
+        self.optimizer = optimizer.build(self.model.parameters())
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = model.to(self.context.device)
+        device_ids = [self.context.device.index] if self.context.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids)
+
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        return self.model.no_sync()
+
+
+class TorchDDPAmp(TorchDDP):
+    """DDP under autocast: bf16 (CPU or CUDA), or fp16 with a gradient scaler (CUDA)."""
+
+    name = "torch-ddp-amp"
+    precisions = ("bf16", "fp16")
+
+
+class TorchZero(TorchDDP):
+    """DDP with ``ZeroRedundancyOptimizer``: optimizer state sharded across ranks (ZeRO-1)."""
+
+    name = "torch-zero"
+
+    def setup(self, model: torch.nn.Module, optimizer: OptimizerSpec, workload: Workload) -> None:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        self.model = self.wrap(model)
+        self.optimizer = ZeroRedundancyOptimizer(self.model.parameters(), optimizer_class=optimizer.cls,
+                                                 **optimizer.kwargs)
+
+    def state_tensors(self) -> dict[str, Iterable[object]]:
+        tensors = super().state_tensors()
+        # The wrapper's own ``state`` is empty; this rank's shard lives in the local optimizer.
+        tensors["optimizer"] = optimizer_state_tensors(self.optimizer.optim)
+        return tensors
+
+
+class TorchFSDP(Strategy):
+    """FSDP2 (``fully_shard``): each workload block, then the root, sharded over a 1-D device mesh."""
+
+    name = "torch-fsdp"
+    family = "torch"
+
+    def setup(self, model: torch.nn.Module, optimizer: OptimizerSpec, workload: Workload) -> None:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        model = model.to(self.context.device)
+        mesh = init_device_mesh(self.context.device.type, (self.context.world_size,))
+        blocks = block_classes(model, workload.block_types)
+        for module in model.modules():
+            if type(module) in blocks:
+                fully_shard(module, mesh=mesh)
+        self.model = fully_shard(model, mesh=mesh)
+        self.optimizer = optimizer.build(self.model.parameters())
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        self.model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            self.model.set_requires_gradient_sync(True)
+
+
+class TorchFSDP1(Strategy):
+    """FSDP1 (``FullyShardedDataParallel``), one flat parameter per workload block."""
+
+    name = "torch-fsdp1"
+    family = "torch"
+
+    def setup(self, model: torch.nn.Module, optimizer: OptimizerSpec, workload: Workload) -> None:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+        blocks = block_classes(model, workload.block_types)
+        self.model = FullyShardedDataParallel(
+            model, device_id=self.context.device,
+            auto_wrap_policy=ModuleWrapPolicy(blocks) if blocks else None)
+        self.optimizer = optimizer.build(self.model.parameters())
+
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        return self.model.no_sync()

@@ -1,0 +1,83 @@
+"""Runs one case inside one rank: build, train for warm-up + measured steps, measure, release."""
+
+from __future__ import annotations
+
+import gc
+import time
+
+import torch
+
+from parabench.case import Case, shard_bounds, split_batch
+from parabench.measure import StepTimer, profiled_peak_bytes, rss_bytes, state_bytes
+from parabench.optimizers import OPTIMIZERS
+from parabench.result import RankResult
+from parabench.strategies import STRATEGIES, RankContext, Strategy
+from parabench.workloads import WORKLOADS, Batch, Workload, step_indices
+
+
+class CaseData:
+    """This rank's micro-batches at each step: its slice of the global batch, split for accumulation."""
+
+    def __init__(self, workload: Workload, case: Case, replica: int, replicas: int, device: torch.device):
+        self.workload, self.case, self.device = workload, case, device
+        self.global_batch = case.global_batch or workload.default_global_batch
+        self.micro_batch = split_batch(self.global_batch, replicas, case.grad_accum)
+        self.bounds = shard_bounds(self.global_batch, replica, replicas)
+        self.num_examples = workload.num_examples()
+
+    def micro_batches(self, step: int) -> list[Batch]:
+        indices = step_indices(step, self.global_batch, self.num_examples, self.case.seed)
+        mine = indices[self.bounds[0]:self.bounds[1]]
+        return [self._to_device(self.workload.batch(mine[i * self.micro_batch:(i + 1) * self.micro_batch]))
+                for i in range(self.case.grad_accum)]
+
+    def _to_device(self, batch: Batch) -> Batch:
+        return {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+
+
+def build(context: RankContext, case: Case) -> tuple[Strategy, Workload]:
+    workload = WORKLOADS.get(case.workload)
+    strategy = STRATEGIES.get(case.strategy)(context, case.precision, dict(case.options))
+    torch.manual_seed(case.seed)  # every rank builds the same initial model
+    strategy.setup(workload.build_model(), OPTIMIZERS.get(case.optimizer), workload)
+    return strategy, workload
+
+
+def run_case(context: RankContext, case: Case) -> RankResult:
+    """Train ``case`` on this rank and measure it. Collective: every rank of the pool calls it."""
+    started = time.perf_counter()
+    strategy, workload = build(context, case)
+    data = CaseData(workload, case, *strategy.data_parallel(), device=context.device)
+    setup_seconds = time.perf_counter() - started
+    cuda = context.device.type == "cuda"
+    timer = StepTimer(context.device)
+    losses: list[float] = []
+    step_seconds: list[float] = []
+    try:
+        for step in range(case.total_steps):
+            if cuda and step == case.warmup_steps:
+                torch.cuda.reset_peak_memory_stats(context.device)
+            batches = data.micro_batches(step)  # loading is not part of the step's time
+            local_loss, seconds = timer.time(lambda: strategy.train_step(batches, workload.loss))
+            losses.append(strategy.global_loss(local_loss))
+            if step >= case.warmup_steps:
+                step_seconds.append(seconds)
+        state = state_bytes(strategy.state_tensors())
+        if cuda:
+            peak = torch.cuda.max_memory_allocated(context.device)
+            reserved = torch.cuda.max_memory_reserved(context.device)
+        else:
+            # One more step, profiled and untimed; its loss is not part of the curve.
+            extra = data.micro_batches(case.total_steps)
+            peak = profiled_peak_bytes(lambda: strategy.train_step(extra, workload.loss))
+            reserved = None
+        return RankResult(rank=context.rank, losses=losses, step_seconds=step_seconds,
+                          setup_seconds=setup_seconds, state_bytes=state, peak_allocated_bytes=peak,
+                          cuda_max_reserved_bytes=reserved, rss_bytes=rss_bytes(),
+                          workload=workload.describe(), fingerprint=workload.fingerprint())
+    finally:
+        strategy.teardown()
+        del strategy
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()

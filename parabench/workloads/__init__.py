@@ -1,0 +1,14 @@
+"""The workload registry. Adding a workload: a ``Workload`` subclass and one line below."""
+
+from parabench.registry import Registry
+from parabench.workloads.base import Batch, Workload, step_indices
+from parabench.workloads.beans import VitBeans
+from parabench.workloads.digits import MlpDigits, VitDigits
+from parabench.workloads.text import Gpt2Text
+
+WORKLOADS: Registry[Workload] = Registry("workload")
+
+for _workload in (MlpDigits(), VitDigits(), Gpt2Text(), VitBeans()):
+    WORKLOADS.add(_workload.name, _workload)
+
+__all__ = ["WORKLOADS", "Batch", "Workload", "step_indices"]

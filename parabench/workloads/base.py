@@ -1,0 +1,108 @@
+"""What a workload is: a model builder, a dataset, a batch collator and a loss."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+
+from parabench.requirements import Requirements
+
+Batch = dict[str, torch.Tensor]
+
+
+class Workload(ABC):
+    """A model and its data. Subclasses are registered in ``parabench.workloads``.
+
+    Every rank builds the same model from the same seed and sees the same global batch
+    at every step; each rank then takes its own slice (see ``parabench.train``).
+    """
+
+    name: str
+    default_global_batch: int = 16
+    requires: Requirements = Requirements()
+    # Names of the transformer blocks that strategies wrap or shard one by one (FSDP units).
+    block_types: tuple[str, ...] = ()
+
+    @abstractmethod
+    def build_model(self) -> torch.nn.Module:
+        """A freshly initialised model (the caller seeds the RNG). Dropout must be off."""
+
+    @abstractmethod
+    def num_examples(self) -> int: ...
+
+    @abstractmethod
+    def batch(self, indices: torch.Tensor) -> Batch:
+        """The examples at ``indices`` as model inputs."""
+
+    @abstractmethod
+    def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        """Mean loss over the batch, so that the mean of equal shards' losses is the global loss."""
+
+    def accuracy(self, model: torch.nn.Module, batch: Batch) -> float | None:
+        """Fraction of correct predictions, for workloads that classify; None otherwise."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """Model configuration and data identity; recorded in every result."""
+        return {}
+
+    def fingerprint(self) -> str:
+        """A hash of data and model configuration: results with different fingerprints are not comparable."""
+        blob = json.dumps(self.describe(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def step_indices(step: int, global_batch: int, num_examples: int, seed: int) -> torch.Tensor:
+    """Indices of the global batch at ``step``: a fresh shuffle per epoch, the last partial batch dropped.
+
+    A pure function of its arguments, so every rank and the one-process reference agree.
+    """
+    steps_per_epoch = num_examples // global_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"global batch {global_batch} is larger than the dataset ({num_examples} examples)")
+    epoch, position = divmod(step, steps_per_epoch)
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(num_examples, generator=generator)
+    return order[position * global_batch:(position + 1) * global_batch]
+
+
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(str((tuple(t.shape), str(t.dtype))).encode())
+        digest.update(t.contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class TensorWorkload(Workload):
+    """A workload whose whole dataset fits in memory as tensors (loaded once per process)."""
+
+    def __init__(self) -> None:
+        self._tensors: Batch | None = None
+
+    @abstractmethod
+    def load_tensors(self) -> Batch:
+        """The whole dataset as tensors with a common first dimension."""
+
+    @property
+    def tensors(self) -> Batch:
+        if self._tensors is None:
+            self._tensors = self.load_tensors()
+        return self._tensors
+
+    def num_examples(self) -> int:
+        return len(next(iter(self.tensors.values())))
+
+    def batch(self, indices: torch.Tensor) -> Batch:
+        return {key: value[indices] for key, value in self.tensors.items()}
+
+    def data_digest(self) -> str:
+        return tensor_digest(*(self.tensors[k] for k in sorted(self.tensors)))
+
+    def __getstate__(self) -> dict:
+        # Workload instances cross process boundaries by name only, but keep pickling cheap anyway.
+        return {**self.__dict__, "_tensors": None}

@@ -1,0 +1,91 @@
+"""scikit-learn's digits (1797 real 8×8 images, shipped with the package) through ``datasets``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from parabench.requirements import Requirements
+from parabench.workloads.base import Batch, TensorWorkload
+
+
+def digits_dataset():
+    """The digits as a ``datasets.Dataset`` with columns ``pixels`` (64 floats in [0, 1]) and ``label``."""
+    import datasets
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    return datasets.Dataset.from_dict({"pixels": (raw.data / 16.0).astype("float32"), "label": raw.target})
+
+
+class _DigitsWorkload(TensorWorkload):
+    default_global_batch = 32
+    requires = Requirements(packages=("sklearn", "datasets"))
+
+    def load_tensors(self) -> Batch:
+        table = digits_dataset().with_format("torch")[:]
+        return {"pixels": table["pixels"].float(), "label": table["label"].long()}
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        return F.cross_entropy(self.logits(model, batch), batch["label"])
+
+    def accuracy(self, model: torch.nn.Module, batch: Batch) -> float:
+        with torch.no_grad():
+            return (self.logits(model, batch).argmax(-1) == batch["label"]).float().mean().item()
+
+    def logits(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"data": self.data_digest(), "model": self.model_config()}
+
+    def model_config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class MlpDigits(_DigitsWorkload):
+    """A two-layer perceptron on the flattened digits."""
+
+    name = "mlp-digits"
+    hidden = 256
+
+    def build_model(self) -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(64, self.hidden), torch.nn.ReLU(),
+                                   torch.nn.Linear(self.hidden, self.hidden), torch.nn.ReLU(),
+                                   torch.nn.Linear(self.hidden, 10))
+
+    def logits(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        return model(batch["pixels"])
+
+    def model_config(self) -> dict[str, Any]:
+        return {"type": "mlp", "layers": [64, self.hidden, self.hidden, 10]}
+
+
+class VitDigits(_DigitsWorkload):
+    """A small ViT (transformers, built from a config) on the 8×8 digits, patch size 2."""
+
+    name = "vit-digits"
+    requires = _DigitsWorkload.requires + Requirements(packages=("transformers",))
+    block_types = ("ViTLayer",)
+
+    def config(self):
+        from transformers import ViTConfig
+
+        return ViTConfig(image_size=8, patch_size=2, num_channels=1, hidden_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, intermediate_size=128, num_labels=10,
+                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+    def build_model(self) -> torch.nn.Module:
+        from transformers import ViTForImageClassification
+
+        return ViTForImageClassification(self.config())
+
+    def logits(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        return model(pixel_values=batch["pixels"].view(-1, 1, 8, 8)).logits
+
+    def model_config(self) -> dict[str, Any]:
+        config = self.config().to_dict()
+        config.pop("transformers_version", None)  # a version bump alone does not change the data or model
+        return config

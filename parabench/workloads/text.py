@@ -1,0 +1,77 @@
+"""GPT-2 from a small config on text that ships with Python itself (no download)."""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+from typing import Any
+
+import torch
+
+from parabench.requirements import Requirements
+from parabench.workloads.base import Batch, TensorWorkload
+
+# Plain-text files present in every CPython installation's standard library.
+STDLIB_FILES = ("LICENSE.txt", "textwrap.py", "difflib.py")
+
+
+def stdlib_corpus() -> list[str]:
+    stdlib = sysconfig.get_paths()["stdlib"]
+    paths = [os.path.join(stdlib, name) for name in STDLIB_FILES]
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise FileNotFoundError(f"gpt2-text's corpus files are missing from this Python: {missing}")
+    return paths
+
+
+def byte_blocks(files: list[str], block_size: int):
+    """``datasets`` pipeline: text files → UTF-8 bytes as token ids → contiguous blocks of ``block_size``."""
+    import datasets
+
+    lines = datasets.load_dataset("text", data_files=files, split="train", keep_in_memory=True)
+
+    def encode(batch):
+        return {"ids": [list(line.encode("utf-8")) + [10] for line in batch["text"]]}
+
+    def group(batch):
+        flat = [token for ids in batch["ids"] for token in ids]
+        usable = len(flat) // block_size * block_size
+        return {"input_ids": [flat[i:i + block_size] for i in range(0, usable, block_size)]}
+
+    ids = lines.map(encode, batched=True, remove_columns=["text"], keep_in_memory=True)
+    # One map batch over the whole corpus, so no tokens are lost at batch boundaries.
+    return ids.map(group, batched=True, batch_size=len(ids), remove_columns=["ids"], keep_in_memory=True)
+
+
+class Gpt2Text(TensorWorkload):
+    """Byte-level GPT-2 language modelling (vocabulary 256) on standard-library text."""
+
+    name = "gpt2-text"
+    default_global_batch = 16
+    block_size = 64
+    requires = Requirements(packages=("transformers", "datasets"))
+    block_types = ("GPT2Block",)
+
+    def config(self):
+        from transformers import GPT2Config
+
+        return GPT2Config(vocab_size=256, n_positions=self.block_size, n_embd=128, n_layer=2, n_head=4,
+                          bos_token_id=10, eos_token_id=10,
+                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+
+    def build_model(self) -> torch.nn.Module:
+        from transformers import GPT2LMHeadModel
+
+        return GPT2LMHeadModel(self.config())
+
+    def load_tensors(self) -> Batch:
+        blocks = byte_blocks(stdlib_corpus(), self.block_size).with_format("torch")[:]
+        return {"input_ids": blocks["input_ids"].long()}
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        return model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
+
+    def describe(self) -> dict[str, Any]:
+        config = self.config().to_dict()
+        config.pop("transformers_version", None)
+        return {"data": self.data_digest(), "files": STDLIB_FILES, "model": config}

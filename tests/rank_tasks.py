@@ -1,0 +1,48 @@
+"""Tasks the harness tests send to rank processes (module-level, so ranks can import them)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import torch
+import torch.distributed as dist
+
+
+def all_reduce_rank(context) -> float:
+    value = torch.tensor([float(context.rank)])
+    dist.all_reduce(value)
+    return value.item()
+
+
+def raise_on_rank1(context) -> str:
+    if context.rank == 1:
+        raise ValueError("injected failure on rank 1")
+    value = torch.ones(1)
+    dist.all_reduce(value)  # rank 0 waits for a peer that already failed
+    return "unreachable"
+
+
+def hang_in_collective(context) -> str:
+    if context.rank == 0:
+        value = torch.ones(1)
+        dist.all_reduce(value)  # rank 1 never joins
+    return "done"
+
+
+def die_on_rank1(context) -> str:
+    if context.rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(60)
+    return "unreachable"
+
+
+def skip_everywhere(context) -> None:
+    import pytest
+
+    pytest.skip("nothing to do on this machine")
+
+
+def pid(context) -> int:
+    return os.getpid()
