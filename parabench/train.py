@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from parabench import inject
 from parabench.case import Case, shard_bounds, split_batch
 from parabench.measure import StepTimer, profiled_peak_bytes, rss_bytes, state_bytes
 from parabench.optimizers import OPTIMIZERS
@@ -58,6 +59,7 @@ def run_case(context: RankContext, case: Case) -> RankResult:
             if cuda and step == case.warmup_steps:
                 torch.cuda.reset_peak_memory_stats(context.device)
             batches = data.micro_batches(step)  # loading is not part of the step's time
+            inject.before_step(case, context.rank, context.world_size, step)
             local_loss, seconds = timer.time(lambda: strategy.train_step(batches, workload.loss))
             losses.append(strategy.global_loss(local_loss))
             if step >= case.warmup_steps:

@@ -1,0 +1,137 @@
+"""The suite as users run it: pytest sessions in subprocesses, from the real bench modules."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGINS = '["fixtures.options", "fixtures.collection", "fixtures.pools", "fixtures.cases"]'
+
+
+def pytest_run(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def outcome(result: subprocess.CompletedProcess) -> str:
+    return result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def session_dir(tmp_path: Path, test_source: str) -> Path:
+    """A directory with its own test file and a conftest that loads parabench's pytest layer."""
+    (tmp_path / "conftest.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(REPO)!r})\npytest_plugins = {PLUGINS}\n")
+    (tmp_path / "test_session.py").write_text(textwrap.dedent(test_source))
+    return tmp_path
+
+
+def test_ids_select_what_they_say():
+    def ids(*selection: str) -> list[str]:
+        result = pytest_run("bench/", "--collect-only", "-q", *selection)
+        assert result.returncode == 0, outcome(result)
+        return [line.split("[", 1)[1].rstrip("]") for line in result.stdout.splitlines() if "::" in line]
+
+    everything = ids()
+    assert "torch-zero-adamw-gpt2_text-w2-fp32" in everything
+    assert len(everything) == len(set(everything))
+    assert {i for i in ids("-k", "ddp")} == {i for i in everything if "ddp" in i}
+    assert {i for i in ids("-k", "fsdp")} == {i for i in everything if "fsdp" in i}
+    zero_adamw = ids("-k", "zero and adamw")
+    assert zero_adamw and all(i.startswith("torch-zero-adamw-") for i in zero_adamw)
+
+
+def test_bench_run_checks_parity_stores_and_compares(tmp_path):
+    storage = f"file://{tmp_path}"
+    selection = ["bench/test_torch_strategies.py", "-k", "gpt2_text and adam- and fp32", "--bench-steps", "6",
+                 f"--benchmark-storage={storage}"]
+    first = pytest_run(*selection, "--benchmark-save=first")
+    assert first.returncode == 0, outcome(first)
+    assert "5 passed" in first.stdout, outcome(first)
+    [saved] = list(tmp_path.glob("*/0001_first.json"))
+    runs = {b["extra_info"]["case"]["strategy"]: b for b in json.loads(saved.read_text())["benchmarks"]}
+    assert set(runs) == {"single", "torch-ddp", "torch-zero", "torch-fsdp", "torch-fsdp1"}
+    for name, bench in runs.items():
+        info = bench["extra_info"]
+        assert len(info["loss"]) == 8 and len(info["step_seconds"]) == 6
+        # pytest-benchmark's statistics are those of the slowest rank's step times, exactly.
+        assert bench["stats"]["rounds"] == 6
+        assert bench["stats"]["min"] == pytest.approx(min(info["step_seconds"]), rel=1e-9)
+        assert bench["stats"]["max"] == pytest.approx(max(info["step_seconds"]), rel=1e-9)
+        assert len(info["state_bytes"]) == info["world_size"] == (1 if name == "single" else 2)
+        assert all(p > 0 for p in info["peak_allocated_bytes"])
+        assert {"torch", "transformers"} <= set(info["versions"]) and info["device"] == "cpu"
+    ddp, zero, fsdp = (runs[n]["extra_info"]["state_bytes"][0] for n in ("torch-ddp", "torch-zero", "torch-fsdp"))
+    assert zero["optimizer"] / ddp["optimizer"] == pytest.approx(0.5, abs=0.02)
+    assert zero["params"] == ddp["params"]
+    assert fsdp["params"] / ddp["params"] == pytest.approx(0.5, abs=0.02)
+    assert fsdp["optimizer"] / ddp["optimizer"] == pytest.approx(0.5, abs=0.02)
+
+    second = pytest_run(*selection, "--benchmark-compare=0001", "--benchmark-compare-fail=min:100000%")
+    assert second.returncode == 0, outcome(second)
+    assert "0001_first" in second.stdout, outcome(second)
+
+
+def test_failing_cases_fail_with_the_rank_story_and_the_session_goes_on(tmp_path):
+    directory = session_dir(tmp_path, """
+        import pytest
+        from parabench.case import Case
+
+        CASES = [Case("torch-ddp", "sgd", "mlp-digits", 2, steps=6, options=(("inject", "raise"),)),
+                 Case("torch-ddp", "sgd", "mlp-digits", 2, steps=6, options=(("inject", "hang"),)),
+                 Case("torch-ddp", "sgd", "mlp-digits", 2, steps=6)]
+
+        @pytest.mark.parametrize("case", CASES, ids=str)
+        def test_case(case, run_case):
+            run_case(case)
+    """)
+    started = time.monotonic()
+    result = pytest_run("test_session.py", "--bench-timeout=20", cwd=directory)
+    elapsed = time.monotonic() - started
+    out = result.stdout
+    assert result.returncode == 1, outcome(result)
+    assert "2 failed, 1 passed" in out, outcome(result)
+    assert "rank 1 raised InjectedFault: injected failure on rank 1 at step 1" in out
+    assert "parabench/inject.py" in out  # the rank's traceback
+    assert "timed out after" in out and "rank 1 still running after 20 s" in out
+    assert "in before_step" in out  # rank 1's stack where it hangs
+    assert elapsed < 150
+
+
+def test_interrupt_leaves_no_rank_process(tmp_path):
+    directory = session_dir(tmp_path, f"""
+        from tests import rank_tasks
+
+        def test_sleeps(pools):
+            pools.run(2, rank_tasks.record_pid_and_sleep, {str(tmp_path)!r}, timeout_s=600)
+    """)
+    process = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_session.py"],
+                               cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pid_files = [tmp_path / f"rank{r}.pid" for r in range(2)]
+    deadline = time.monotonic() + 120
+    while not all(f.exists() and f.read_text() for f in pid_files):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
+        time.sleep(0.2)
+    ranks = [int(f.read_text()) for f in pid_files]
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=60)[0]
+    assert "KeyboardInterrupt" in output, output
+    time.sleep(0.5)
+    alive = [pid for pid in ranks if _alive(pid)]
+    assert not alive, f"rank processes {alive} outlived the interrupted session"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,0 +1,85 @@
+"""Rank pools under faults: a raising rank, a hung collective, a killed rank, skips, clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from parabench.pool import CaseTimeout, PoolManager, RankFailure, RankSkip
+from tests import rank_tasks
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.fixture(scope="module")
+def manager():
+    pools = PoolManager(process_group_timeout_s=120)
+    yield pools
+    pools.close()
+
+
+def test_collective_runs_on_every_rank(manager):
+    assert manager.run(2, rank_tasks.all_reduce_rank, timeout_s=60) == [1.0, 1.0]
+
+
+def test_rank_exception_fails_with_its_traceback_and_the_next_task_passes(manager):
+    before = manager.get(2).pids
+    started = time.monotonic()
+    with pytest.raises(RankFailure) as failure:
+        manager.run(2, rank_tasks.raise_on_rank1, timeout_s=60)
+    elapsed = time.monotonic() - started
+    message = str(failure.value)
+    assert not isinstance(failure.value, CaseTimeout)
+    assert "rank 1 raised ValueError: injected failure on rank 1" in message
+    assert 'rank_tasks.py", line' in message and "raise_on_rank1" in message  # rank 1's traceback
+    assert "rank 0 still running" in message and "all_reduce" in message  # rank 0's stack, blocked on its peer
+    assert elapsed < 60, "the failure must not wait for the time-out"
+    assert all(gone(pid) for pid in before)
+    assert manager.run(2, rank_tasks.all_reduce_rank, timeout_s=60) == [1.0, 1.0]
+    assert set(manager.get(2).pids).isdisjoint(before)
+
+
+def test_hung_collective_times_out_with_stacks_and_the_next_task_passes(manager):
+    before = manager.get(2).pids
+    started = time.monotonic()
+    with pytest.raises(CaseTimeout) as timeout:
+        manager.run(2, rank_tasks.hang_in_collective, timeout_s=4)
+    elapsed = time.monotonic() - started
+    message = str(timeout.value)
+    assert "timed out after" in message and "limit 4 s" in message
+    assert "rank 0 still running after 4 s" in message
+    assert "hang_in_collective" in message and "all_reduce" in message  # where rank 0 is stuck
+    assert 4 <= elapsed < 30
+    assert all(gone(pid) for pid in before)
+    assert manager.run(2, rank_tasks.all_reduce_rank, timeout_s=60) == [1.0, 1.0]
+
+
+def test_killed_rank_is_named_with_its_signal(manager):
+    with pytest.raises(RankFailure, match="rank 1 was killed by SIGKILL"):
+        manager.run(2, rank_tasks.die_on_rank1, timeout_s=60)
+    assert manager.run(2, rank_tasks.all_reduce_rank, timeout_s=60) == [1.0, 1.0]
+
+
+def test_skip_in_every_rank_becomes_a_skip_and_keeps_the_pool(manager):
+    pids = manager.get(2).pids
+    with pytest.raises(RankSkip, match="nothing to do on this machine"):
+        manager.run(2, rank_tasks.skip_everywhere, timeout_s=60)
+    assert manager.get(2).pids == pids
+
+
+def test_pools_are_reused_and_close_leaves_no_process():
+    pools = PoolManager()
+    first = pools.run(2, rank_tasks.pid, timeout_s=60)
+    again = pools.run(2, rank_tasks.pid, timeout_s=60)
+    assert first == again and pools.started == 1
+    single = pools.run(1, rank_tasks.pid, timeout_s=60)
+    pools.close()
+    assert all(gone(pid) for pid in first + single)
