@@ -10,7 +10,9 @@ OPTIMIZERS = ["sgd", "adam", "adamw", "adafactor"]
 
 CASES = (
     params(cases(STRATEGIES, OPTIMIZERS, ["gpt2-text"]))
-    + params(cases(STRATEGIES, ["adamw"], ["mlp-digits", "vit-digits"]))
+    + params(cases(STRATEGIES, ["adamw"], ["mlp-digits"]))
+    # A ViT from scratch needs more steps than the others before its loss clearly falls.
+    + params(cases(STRATEGIES, ["adamw"], ["vit-digits"], steps=60))
     + params(cases(STRATEGIES[1:], ["adamw"], ["gpt2-text"], world_sizes=[4]), pytest.mark.full)
     + params(cases(["single", "torch-ddp", "torch-fsdp"], ["adamw"], ["vit-beans"], steps=10), pytest.mark.full)
 )

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+_OPTION_KEY = re.compile(r"[a-z][a-z0-9_]*")
+_OPTION_TEXT = re.compile(r"[A-Za-z0-9_.]+")
+# Keys whose rendering ("b16", "ga2", "seed3") would collide with the id's own optional parts.
+_RESERVED_KEYS = ("b", "ga", "seed")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Case:
     """Strategy × optimizer × workload × world size × precision, plus the knobs that change results.
 
@@ -26,7 +31,7 @@ class Case:
     warmup_steps: int = 2
     steps: int = 20
     seed: int = 0
-    # Strategy options as sorted (key, value) pairs, e.g. (("offload", True),).
+    # Strategy options as sorted (key, value) pairs, e.g. (("offload", True),); a dict is accepted.
     options: tuple[tuple[str, Any], ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -40,7 +45,21 @@ class Case:
             raise ValueError(f"need steps ≥ 1 and warmup_steps ≥ 0, got {self.steps}, {self.warmup_steps}")
         if self.global_batch is not None and self.global_batch < 1:
             raise ValueError(f"global batch must be ≥ 1, got {self.global_batch}")
-        object.__setattr__(self, "options", tuple(sorted(dict(self.options).items())))
+        options = dict(self.options)
+        for key, value in options.items():
+            _check_option(key, value)
+        object.__setattr__(self, "options", tuple(sorted(options.items())))
+
+    # Equality follows the id (plus the step counts, which the id leaves out on purpose), so two
+    # cases are equal exactly when they would be stored and compared as the same case.
+    def _key(self) -> tuple:
+        return self.id, self.warmup_steps, self.steps
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Case) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     @property
     def id(self) -> str:
@@ -50,9 +69,10 @@ class Case:
             parts.append(f"b{self.global_batch}")
         if self.grad_accum != 1:
             parts.append(f"ga{self.grad_accum}")
+        if self.seed != 0:
+            parts.append(f"seed{self.seed}")
         for key, value in self.options:
-            key = key.replace("-", "_")
-            parts.append(key if value is True else f"{key}{value}")
+            parts.append(key if value is True else f"no_{key}" if value is False else f"{key}{value}")
         return "-".join(parts)
 
     def __str__(self) -> str:
@@ -78,6 +98,20 @@ class Case:
         data["options"] = dict(self.options)
         data["id"] = self.id
         return data
+
+
+def _check_option(key: str, value: Any) -> None:
+    if (not isinstance(key, str) or not _OPTION_KEY.fullmatch(key) or key in _RESERVED_KEYS
+            or key.startswith("no_")):
+        raise ValueError(f"option key {key!r}: use lower-case letters, digits and '_' (no '-'), "
+                         f"not starting with 'no_', not one of {', '.join(_RESERVED_KEYS)}")
+    if value is None:
+        raise ValueError(f"option {key}=None: leave the option out instead")
+    if isinstance(value, bool) or (isinstance(value, (int, float)) and value >= 0):
+        return
+    if not isinstance(value, str) or not _OPTION_TEXT.fullmatch(value):
+        raise ValueError(f"option {key}={value!r}: use True, a non-negative number, or text of letters, "
+                         f"digits, '_' and '.'")
 
 
 def split_batch(global_batch: int, data_parallel_size: int, grad_accum: int) -> int:

@@ -29,24 +29,28 @@ def _is_local(path: str) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def hub_unavailable(model_id: str = MODEL_ID, dataset_id: str = DATASET_ID) -> str | None:
-    """None when the model and dataset can be loaded, else why not (a skip reason)."""
-    if _is_local(model_id) and _is_local(dataset_id):
-        return None
+    """None when the model and dataset can be loaded, else why not (a skip reason).
+
+    Each of the two may be a local directory (loaded as is) or a hub id (cached, or downloaded).
+    """
     from huggingface_hub import constants, try_to_load_from_cache
 
-    cached = isinstance(try_to_load_from_cache(model_id, "config.json"), str)
+    from_hub = [name for name in (model_id, dataset_id) if not _is_local(name)]
+    if not from_hub:
+        return None
+    model_cached = _is_local(model_id) or isinstance(try_to_load_from_cache(model_id, "config.json"), str)
+    wanted = " and ".join(f"'{name}'" for name in from_hub)
     if constants.HF_HUB_OFFLINE:
-        if cached:
-            return None  # the dataset may still be missing: load_dataset then names it
-        return f"needs {model_id} in the Hugging Face cache (HF_HUB_OFFLINE is set and it is not cached)"
+        # A cached dataset cannot be checked cheaply: load_dataset names it if it is missing.
+        return None if model_cached else f"needs {wanted} in the Hugging Face cache (HF_HUB_OFFLINE is set)"
     host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
     try:
         socket.create_connection((host, 443), timeout=3).close()
     except OSError as error:
-        if cached:
+        if model_cached and _is_local(dataset_id):
             return None
-        return (f"needs {model_id} and the '{dataset_id}' dataset from the Hugging Face Hub, which is "
-                f"unreachable ({host}: {error}); run once with network access or point HF_HOME at a cache that has them")
+        return (f"needs {wanted} from the Hugging Face Hub, which is unreachable ({host}: {error}); "
+                f"run once with network access, or point HF_HOME at a cache that has them")
     return None
 
 
