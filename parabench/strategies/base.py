@@ -76,16 +76,17 @@ class Strategy(ABC):
     def train_step(self, micro_batches: list[Batch], loss_fn: LossFn) -> torch.Tensor:
         """One optimizer step over this rank's micro-batches; returns the mean local loss (detached)."""
         self.optimizer.zero_grad(set_to_none=True)
+        count = len(micro_batches)
         losses = []
         for i, batch in enumerate(micro_batches):
-            sync = i == len(micro_batches) - 1
-            with (contextlib.nullcontext() if sync else self.no_sync()):
+            with (contextlib.nullcontext() if i == count - 1 else self.no_sync()):
                 with self.autocast.context():
                     loss = loss_fn(self.model, batch)
-                self.autocast.backward(loss / len(micro_batches))
+                # Without accumulation, no extra op enters the graph of the measured step.
+                self.autocast.backward(loss / count if count > 1 else loss)
             losses.append(loss.detach().float())
         self.autocast.step(self.optimizer)
-        return torch.stack(losses).mean()
+        return losses[0] if count == 1 else torch.stack(losses).mean()
 
     def global_loss(self, local_loss: torch.Tensor) -> float:
         """The loss of the whole global batch: the mean over data-parallel replicas."""
