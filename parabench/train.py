@@ -80,4 +80,3 @@ def run_case(context: RankContext, case: Case) -> RankResult:
         # Dropping the references frees most of it; the worker runs the (slow, ~0.25 s) cycle
         # collection after answering, while the controller records the result.
         strategy.teardown()
-        del strategy

@@ -1,4 +1,4 @@
-"""Tasks the harness tests send to rank processes (module-level, so ranks can import them)."""
+"""Tasks the harness tests send to rank processes (module-level, so ranks can import them), and process checks."""
 
 from __future__ import annotations
 
@@ -52,3 +52,12 @@ def record_pid_and_sleep(context, directory: str) -> None:
     with open(os.path.join(directory, f"rank{context.rank}.pid"), "w") as f:
         f.write(str(os.getpid()))
     time.sleep(600)
+
+
+def process_gone(pid: int) -> bool:
+    """True once no process has this pid (reaped or never existed)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False

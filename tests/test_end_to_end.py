@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.rank_tasks import process_gone
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGINS = '["fixtures.options", "fixtures.collection", "fixtures.pools", "fixtures.cases"]'
@@ -125,13 +126,5 @@ def test_interrupt_leaves_no_rank_process(tmp_path):
     output = process.communicate(timeout=60)[0]
     assert "KeyboardInterrupt" in output, output
     time.sleep(0.5)
-    alive = [pid for pid in ranks if _alive(pid)]
+    alive = [pid for pid in ranks if not process_gone(pid)]
     assert not alive, f"rank processes {alive} outlived the interrupted session"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

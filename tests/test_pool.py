@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 
 from parabench.pool import CaseTimeout, PoolManager, RankFailure, RankSkip
 from tests import rank_tasks
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+from tests.rank_tasks import process_gone as gone
 
 
 @pytest.fixture(scope="module")
