@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 
 TRACKED_PACKAGES = ("torch", "transformers", "datasets", "deepspeed", "colossalai", "fairscale",
@@ -53,8 +54,6 @@ def cpu_model() -> str:
 
 def hardware(device: str) -> dict[str, object]:
     """What the time and memory of a result depend on, beyond the code."""
-    import os
-
     info: dict[str, object] = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "device": device}
     if device == "cuda":
         import torch

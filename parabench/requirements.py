@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 from dataclasses import dataclass, field
 
 
@@ -35,8 +36,6 @@ class Requirements:
 
 
 def _lcm(a: int, b: int) -> int:
-    import math
-
     return a * b // math.gcd(a, b)
 
 

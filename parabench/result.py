@@ -14,6 +14,7 @@ class RankResult:
     """One rank's measurements of one case."""
 
     rank: int
+    global_batch: int                 # examples per optimizer step, all replicas together
     losses: list[float]               # global (averaged over replicas) loss of every step, warm-up included
     step_seconds: list[float]         # this rank's wall time of each measured step
     setup_seconds: float              # model build, wrapping and optimizer construction
@@ -48,9 +49,12 @@ class CaseResult:
         return statistics.median(self.step_seconds)
 
     @property
+    def global_batch(self) -> int:
+        return self.ranks[0].global_batch
+
+    @property
     def samples_per_second(self) -> float:
-        global_batch = self.environment.get("global_batch")
-        return global_batch / self.median_step_seconds if global_batch else float("nan")
+        return self.global_batch / self.median_step_seconds
 
     @property
     def fixed_cost_seconds(self) -> float:
@@ -66,6 +70,7 @@ class CaseResult:
             "step_seconds": self.step_seconds,
             "step_seconds_per_rank": [r.step_seconds for r in self.ranks],
             "samples_per_second": self.samples_per_second,
+            "global_batch": self.global_batch,
             "state_bytes": [r.state_bytes for r in self.ranks],
             "peak_allocated_bytes": [r.peak_allocated_bytes for r in self.ranks],
             "cuda_max_reserved_bytes": [r.cuda_max_reserved_bytes for r in self.ranks],

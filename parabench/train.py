@@ -72,7 +72,7 @@ def run_case(context: RankContext, case: Case) -> RankResult:
             extra = data.micro_batches(case.total_steps)
             peak = profiled_peak_bytes(lambda: strategy.train_step(extra, workload.loss))
             reserved = None
-        return RankResult(rank=context.rank, losses=losses, step_seconds=step_seconds,
+        return RankResult(rank=context.rank, global_batch=data.global_batch, losses=losses, step_seconds=step_seconds,
                           setup_seconds=setup_seconds, state_bytes=state, peak_allocated_bytes=peak,
                           cuda_max_reserved_bytes=reserved, rss_bytes=rss_bytes(),
                           workload=workload.describe(), fingerprint=workload.fingerprint())

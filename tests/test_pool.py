@@ -22,42 +22,41 @@ def test_collective_runs_on_every_rank(manager):
     assert manager.run(2, rank_tasks.all_reduce_rank, timeout_s=60) == [1.0, 1.0]
 
 
-def test_rank_exception_fails_with_its_traceback_and_the_next_task_passes(manager):
+def fail_then_recover(manager, task, timeout_s: float, expected: type[RankFailure]) -> tuple[RankFailure, float]:
+    """Run a failing task; check its ranks are gone and the next task passes. Returns (error, seconds)."""
     before = manager.get(2).pids
     started = time.monotonic()
-    with pytest.raises(RankFailure) as failure:
-        manager.run(2, rank_tasks.raise_on_rank1, timeout_s=60)
+    with pytest.raises(expected) as failure:
+        manager.run(2, task, timeout_s=timeout_s)
     elapsed = time.monotonic() - started
-    message = str(failure.value)
-    assert not isinstance(failure.value, CaseTimeout)
+    assert all(gone(pid) for pid in before)
+    assert manager.run(2, rank_tasks.all_reduce_rank, timeout_s=60) == [1.0, 1.0]
+    assert set(manager.get(2).pids).isdisjoint(before)
+    return failure.value, elapsed
+
+
+def test_rank_exception_fails_with_its_traceback_and_the_next_task_passes(manager):
+    error, elapsed = fail_then_recover(manager, rank_tasks.raise_on_rank1, 60, RankFailure)
+    message = str(error)
+    assert not isinstance(error, CaseTimeout)
     assert "rank 1 raised ValueError: injected failure on rank 1" in message
     assert 'rank_tasks.py", line' in message and "raise_on_rank1" in message  # rank 1's traceback
     assert "rank 0 still running" in message and "all_reduce" in message  # rank 0's stack, blocked on its peer
     assert elapsed < 60, "the failure must not wait for the time-out"
-    assert all(gone(pid) for pid in before)
-    assert manager.run(2, rank_tasks.all_reduce_rank, timeout_s=60) == [1.0, 1.0]
-    assert set(manager.get(2).pids).isdisjoint(before)
 
 
 def test_hung_collective_times_out_with_stacks_and_the_next_task_passes(manager):
-    before = manager.get(2).pids
-    started = time.monotonic()
-    with pytest.raises(CaseTimeout) as timeout:
-        manager.run(2, rank_tasks.hang_in_collective, timeout_s=4)
-    elapsed = time.monotonic() - started
-    message = str(timeout.value)
+    error, elapsed = fail_then_recover(manager, rank_tasks.hang_in_collective, 4, CaseTimeout)
+    message = str(error)
     assert "timed out after" in message and "limit 4 s" in message
     assert "rank 0 still running after 4 s" in message
     assert "hang_in_collective" in message and "all_reduce" in message  # where rank 0 is stuck
     assert 4 <= elapsed < 30
-    assert all(gone(pid) for pid in before)
-    assert manager.run(2, rank_tasks.all_reduce_rank, timeout_s=60) == [1.0, 1.0]
 
 
 def test_killed_rank_is_named_with_its_signal(manager):
-    with pytest.raises(RankFailure, match="rank 1 was killed by SIGKILL"):
-        manager.run(2, rank_tasks.die_on_rank1, timeout_s=60)
-    assert manager.run(2, rank_tasks.all_reduce_rank, timeout_s=60) == [1.0, 1.0]
+    error, _ = fail_then_recover(manager, rank_tasks.die_on_rank1, 60, RankFailure)
+    assert "rank 1 was killed by SIGKILL" in str(error)
 
 
 def test_skip_in_every_rank_becomes_a_skip_and_keeps_the_pool(manager):
