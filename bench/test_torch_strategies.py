@@ -2,7 +2,7 @@
 
 import pytest
 
-from parabench.checks import PARITY, assert_loss_decreases, assert_parity
+from parabench.checks import assert_loss_decreases
 from parabench.matrix import cases, params
 
 STRATEGIES = ["single", "torch-ddp", "torch-ddp-amp", "torch-zero", "torch-fsdp", "torch-fsdp1"]
@@ -21,8 +21,8 @@ CASES = (
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_train(case, run_case, reference):
+def test_train(case, run_case, check_parity):
     result = run_case(case)
     assert_loss_decreases(result.losses)
     if case.strategy != "single":
-        assert_parity(result.losses, reference(case).losses, PARITY[case.precision])
+        check_parity(result)

@@ -1,12 +1,23 @@
-"""Faults injected into a case on purpose, so the harness's own tests can prove they are caught.
+"""Faults and perturbations injected on purpose, so the harness's own tests can prove they are caught.
 
-A fault is a case option (``inject=raise``), so it shows in the case id and can never hide in a
-stored result. It fires on the last rank at step ``inject_step`` (default 1).
+Two kinds, kept apart:
+
+* A **fault** (``raise``, ``hang``) is a case option (``inject=raise``): it shows in the case id and can
+  never hide in a stored result. It fires on the last rank at step ``inject_step`` (default 1).
+* A **perturbation** (``--bench-inject``, self-test only) changes what a case measures without changing
+  its id, so the gate compares it with the case's stored baseline and must flag it:
+  ``slowdown=F`` (each measured step takes ``1+F`` times as long), ``memory=F`` (state bytes and the
+  peak allocation grow by ``F``), ``grads-summed`` (gradients summed over replicas, not averaged) and
+  ``lr0`` (learning rate 0). A perturbed run is marked in its results and is never recorded as a baseline.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
 
 from parabench.case import Case
 
@@ -30,3 +41,67 @@ def before_step(case: Case, rank: int, world_size: int, step: int) -> None:
     if fault == "hang":
         # The other ranks go on into the step's gradient all-reduce and wait there for this one.
         time.sleep(10**6)
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """A known change to a case's time, memory or numerics (see the module's docstring)."""
+
+    kind: str
+    amount: float = 0.0
+
+    KINDS = {"slowdown": True, "memory": True, "grads-summed": False, "lr0": False}  # kind → takes an amount
+
+    @classmethod
+    def parse(cls, text: str) -> "Perturbation":
+        """``slowdown=0.15``, ``memory=0.01``, ``grads-summed`` or ``lr0``."""
+        kind, _, amount = text.partition("=")
+        usage = "use slowdown=F, memory=F (F a fraction, e.g. 0.15), grads-summed or lr0"
+        if kind not in cls.KINDS:
+            raise ValueError(f"unknown perturbation {text!r}; {usage}")
+        if cls.KINDS[kind] != bool(amount):
+            raise ValueError(f"perturbation {text!r}: {kind} {'needs' if cls.KINDS[kind] else 'takes no'} "
+                             f"amount; {usage}")
+        value = float(amount) if amount else 0.0
+        if cls.KINDS[kind] and not value > 0:
+            raise ValueError(f"perturbation {text!r}: the amount must be a positive fraction; {usage}")
+        return cls(kind, value)
+
+    def __str__(self) -> str:
+        return f"{self.kind}={self.amount:g}" if self.KINDS[self.kind] else self.kind
+
+    # -- applied inside the rank ------------------------------------------------------------------------
+
+    def prepare(self, optimizer: torch.optim.Optimizer, world_size: int) -> None:
+        """Break the numerics (grads-summed, lr0) once the optimizer exists."""
+        if self.kind == "lr0":
+            for group in optimizer.param_groups:
+                group["lr"] = 0.0
+        elif self.kind == "grads-summed" and world_size > 1:
+            def undo_average(opt, args, kwargs) -> None:
+                for group in opt.param_groups:
+                    for param in group["params"]:
+                        if param.grad is not None:
+                            param.grad.mul_(world_size)
+            optimizer.register_step_pre_hook(undo_average)
+
+    def timed(self, step: Callable[[], object], synchronize: Callable[[], None]) -> Callable[[], object]:
+        """``step``, made ``1 + amount`` times as long (slowdown) by waiting inside the timed region."""
+        if self.kind != "slowdown":
+            return step
+
+        def slower() -> object:
+            start = time.perf_counter()
+            out = step()
+            synchronize()
+            time.sleep(self.amount * (time.perf_counter() - start))
+            return out
+        return slower
+
+    @property
+    def grows_memory(self) -> bool:
+        return self.kind == "memory"
+
+    def ballast(self, nbytes: int, device: torch.device) -> torch.Tensor:
+        """Memory growth: a tensor of ``amount × nbytes`` bytes, for the rank to hold."""
+        return torch.ones(max(1, round(self.amount * nbytes)), dtype=torch.uint8, device=device)

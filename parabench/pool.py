@@ -40,7 +40,8 @@ class RankPool:
     """``world_size`` rank processes in one process group, fed tasks through pipes."""
 
     def __init__(self, world_size: int, device_type: str = "cpu", backend: str = "gloo",
-                 process_group_timeout_s: float = 300.0, start_timeout_s: float = 180.0, threads: int = 1):
+                 process_group_timeout_s: float = 300.0, start_timeout_s: float = 180.0, threads: int = 1,
+                 pin: bool = False):
         self.world_size = world_size
         self.device_type = device_type
         self.backend = backend
@@ -56,7 +57,8 @@ class RankPool:
             stack_path = os.path.join(self.directory, f"rank{rank}.stacks")
             config = worker.WorkerConfig(rank=rank, world_size=world_size, device_type=device_type,
                                          backend=backend, init_method=init_method, stack_path=stack_path,
-                                         process_group_timeout_s=process_group_timeout_s, threads=threads)
+                                         process_group_timeout_s=process_group_timeout_s, threads=threads,
+                                         pin=pin)
             ours, theirs = context.Pipe()
             process = context.Process(target=worker.main, args=(config, theirs), name=f"parabench-rank{rank}")
             process.start()

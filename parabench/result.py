@@ -8,6 +8,9 @@ from typing import Any
 
 from parabench.case import Case
 
+# The layout of ``CaseResult.extra_info`` as stored; bump it when a stored key changes meaning.
+RESULT_FORMAT = 1
+
 
 @dataclass(frozen=True)
 class RankResult:
@@ -24,6 +27,7 @@ class RankResult:
     rss_bytes: dict[str, int]
     workload: dict[str, Any]          # what the data and model were (see Workload.describe)
     fingerprint: str
+    calibration_seconds: float = 0.0  # the fixed compute step on this rank just before the case
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,11 @@ class CaseResult:
     def step_seconds(self) -> list[float]:
         """Per measured step, the slowest rank's time: a step is done when every rank is."""
         return [max(times) for times in zip(*(r.step_seconds for r in self.ranks))]
+
+    @property
+    def calibration_seconds(self) -> float:
+        """The slowest rank's calibration step, as the step time is the slowest rank's."""
+        return max(r.calibration_seconds for r in self.ranks)
 
     @property
     def median_step_seconds(self) -> float:
@@ -80,6 +89,8 @@ class CaseResult:
             "fixed_cost_seconds": self.fixed_cost_seconds,
             "workload": self.ranks[0].workload,
             "fingerprint": self.ranks[0].fingerprint,
+            "calibration_seconds": self.calibration_seconds,
+            "calibration_seconds_per_rank": [r.calibration_seconds for r in self.ranks],
             **self.environment,
         }
 

@@ -7,7 +7,9 @@ import time
 import torch
 
 from parabench import inject
+from parabench.calibration import Calibration
 from parabench.case import Case, shard_bounds, split_batch
+from parabench.inject import Perturbation
 from parabench.measure import StepTimer, profiled_peak_bytes, rss_bytes, state_bytes
 from parabench.optimizers import OPTIMIZERS
 from parabench.result import RankResult
@@ -43,40 +45,73 @@ def build(context: RankContext, case: Case) -> tuple[Strategy, Workload]:
     return strategy, workload
 
 
-def run_case(context: RankContext, case: Case) -> RankResult:
-    """Train ``case`` on this rank and measure it. Collective: every rank of the pool calls it."""
+def run_case(context: RankContext, case: Case, perturbation: Perturbation | None = None) -> RankResult:
+    """Train ``case`` on this rank and measure it. Collective: every rank of the pool calls it.
+
+    ``perturbation`` (self-test only) makes the case slower, bigger or wrong on purpose.
+    """
+    calibration = Calibration(context.device)  # the machine's speed right now, on these ranks
+    calibration.sample()
     started = time.perf_counter()
     strategy, workload = build(context, case)
+    if perturbation:
+        perturbation.prepare(strategy.optimizer, context.world_size)
     data = CaseData(workload, case, *strategy.data_parallel(), device=context.device)
     setup_seconds = time.perf_counter() - started
     cuda = context.device.type == "cuda"
     timer = StepTimer(context.device)
     losses: list[float] = []
     step_seconds: list[float] = []
+    held: list[torch.Tensor] = []  # a memory perturbation's ballast
     try:
         for step in range(case.total_steps):
             if cuda and step == case.warmup_steps:
+                if perturbation and perturbation.grows_memory:
+                    held.append(perturbation.ballast(torch.cuda.max_memory_allocated(context.device),
+                                                     context.device))
                 torch.cuda.reset_peak_memory_stats(context.device)
             batches = data.micro_batches(step)  # loading is not part of the step's time
             inject.before_step(case, context.rank, context.world_size, step)
-            local_loss, seconds = timer.time(lambda: strategy.train_step(batches, workload.loss))
+            train = lambda: strategy.train_step(batches, workload.loss)  # noqa: E731
+            if perturbation:
+                train = perturbation.timed(train, timer.synchronize)
+            local_loss, seconds = timer.time(train)
             losses.append(strategy.global_loss(local_loss))
             if step >= case.warmup_steps:
                 step_seconds.append(seconds)
-        state = state_bytes(strategy.state_tensors())
+        tensors = {category: list(held_tensors) for category, held_tensors in strategy.state_tensors().items()}
+        state = state_bytes(tensors)
+        if perturbation and perturbation.grows_memory:
+            held.append(perturbation.ballast(state["total"], context.device))
+            state = state_bytes({**tensors, "optimizer": tensors.get("optimizer", []) + held[-1:]})
         if cuda:
             peak = torch.cuda.max_memory_allocated(context.device)
             reserved = torch.cuda.max_memory_reserved(context.device)
         else:
-            # One more step, profiled and untimed; its loss is not part of the curve.
+            # Two more steps, profiled and untimed; their losses are not part of the curve. The first
+            # profiled step of a case peaked up to 9 % higher than every later one; the second is steady.
             extra = data.micro_batches(case.total_steps)
-            peak = profiled_peak_bytes(lambda: strategy.train_step(extra, workload.loss))
+            step = lambda: strategy.train_step(extra, workload.loss)  # noqa: E731
+            profiled_peak_bytes(step)
+            peak = profiled_peak_bytes(step)
+            if perturbation and perturbation.grows_memory:
+                unperturbed = peak
+                peak = profiled_peak_bytes(lambda: _holding(perturbation.ballast(unperturbed, context.device), step))
             reserved = None
         return RankResult(rank=context.rank, global_batch=data.global_batch, losses=losses, step_seconds=step_seconds,
                           setup_seconds=setup_seconds, state_bytes=state, peak_allocated_bytes=peak,
                           cuda_max_reserved_bytes=reserved, rss_bytes=rss_bytes(),
-                          workload=workload.describe(), fingerprint=workload.fingerprint())
+                          workload=workload.describe(), fingerprint=workload.fingerprint(),
+                          calibration_seconds=calibration.seconds)
     finally:
         # Dropping the references frees most of it; the worker runs the (slow, ~0.25 s) cycle
         # collection after answering, while the controller records the result.
+        held.clear()
         strategy.teardown()
+
+
+def _holding(ballast: torch.Tensor, step):
+    """Run ``step`` while ``ballast`` is held (the profiled step's extra peak under a memory perturbation)."""
+    out = step()
+    del ballast
+    return out

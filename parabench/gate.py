@@ -1,0 +1,204 @@
+"""The gate: this run's cases against their stored baselines, metric by metric, under the policy.
+
+``compare`` turns benchmarks (pytest-benchmark's, with parabench's ``extra_info``) into rows of
+case, metric, baseline, now, change and verdict; ``GateReport`` renders them as a table, JSON
+and Markdown. Nothing here runs a case: the same code judges a live session and two stored files.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Iterable, Mapping, Sequence
+
+from parabench.baselines import RECORD_HINT, StoredRun, newest_by_name
+from parabench.keys import hardware_name, key_differences, machine_key
+from parabench.policy import Policy, Rules
+from parabench.verdict import Judgement, Verdict, judge_bytes, judge_curve, judge_parity, judge_time
+
+REPORT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str          # the benchmark's name: test function and case id
+    metric: str
+    verdict: Verdict
+    baseline: str = ""
+    now: str = ""
+    change: float | None = None
+    detail: str = ""
+    source: str = ""   # the stored file the baseline came from
+
+    @classmethod
+    def of(cls, name: str, metric: str, judgement: Judgement, source: str = "") -> "Row":
+        return cls(name, metric, judgement.verdict, judgement.baseline, judgement.now, judgement.change,
+                   judgement.detail, source)
+
+
+@dataclass
+class GateReport:
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    injected: str | None = None
+
+    @property
+    def regressions(self) -> list[Row]:
+        return [row for row in self.rows if row.verdict is Verdict.REGRESSED]
+
+    def counts(self) -> dict[str, int]:
+        """Cases by their worst verdict (regressed > not comparable > missing > new > improved > unchanged)."""
+        order = [Verdict.REGRESSED, Verdict.NOT_COMPARABLE, Verdict.MISSING, Verdict.NEW, Verdict.IMPROVED,
+                 Verdict.UNCHANGED]
+        worst: dict[str, int] = {}
+        for row in self.rows:
+            if row.verdict in order:
+                worst[row.name] = min(worst.get(row.name, len(order)), order.index(row.verdict))
+        return {v.value: sum(1 for w in worst.values() if w == i) for i, v in enumerate(order)
+                if any(w == i for w in worst.values())}
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{n} {v}" for v, n in self.counts().items()) or "no cases"
+        verdict = f"{len({r.name for r in self.regressions})} case(s) REGRESSED" if self.regressions else "no regression"
+        return f"parabench gate: {verdict} ({counts}; cases by their worst metric)"
+
+    def table_rows(self, everything: bool = False) -> list[list[str]]:
+        shown = [r for r in self.rows if everything or r.verdict is not Verdict.INFO]
+        return [[r.name, r.metric, r.baseline, r.now, _percent(r.change), r.verdict.value, r.detail] for r in shown]
+
+    HEADERS = ["case", "metric", "baseline", "now", "change", "verdict", "why"]
+
+    def table(self, everything: bool = False) -> str:
+        from tabulate import tabulate
+
+        return tabulate(self.table_rows(everything), headers=self.HEADERS, tablefmt="simple", disable_numparse=True)
+
+    def to_json(self) -> str:
+        return json.dumps({"format": REPORT_FORMAT, "summary": self.summary(), "regressed": bool(self.regressions),
+                           "injected": self.injected, "counts": self.counts(), "notes": self.notes,
+                           "rows": [{**asdict(r), "verdict": r.verdict.value} for r in self.rows]}, indent=2)
+
+    def to_markdown(self) -> str:
+        from tabulate import tabulate
+
+        lines = [f"## {self.summary()}", ""]
+        if self.injected:
+            lines += [f"**Perturbation injected on purpose (self-test): `{self.injected}`**", ""]
+        lines += [f"- {note}" for note in self.notes] + ([""] if self.notes else [])
+        if self.regressions:
+            lines += ["### Regressions", "", tabulate([[r.name, r.metric, r.baseline, r.now, _percent(r.change),
+                                                        r.detail] for r in self.regressions],
+                                                      headers=["case", "metric", "baseline", "now", "change", "why"],
+                                                      tablefmt="github", disable_numparse=True), ""]
+        lines += ["<details><summary>Every case and metric</summary>", "",
+                  tabulate(self.table_rows(), headers=self.HEADERS, tablefmt="github", disable_numparse=True),
+                  "", "</details>", ""]
+        return "\n".join(lines)
+
+
+def compare(now: Sequence[Mapping[str, Any]], stored: Iterable[StoredRun], policy: Policy,
+            expected: Iterable[str] = (), injected: str | None = None) -> GateReport:
+    """Judge each benchmark in ``now`` against the newest stored one of the same name and machine key.
+
+    ``now`` holds dicts with ``name`` and ``extra_info``; ``expected`` names the benchmarks this session
+    selected, so one with a comparable baseline but no result now is reported as missing.
+    """
+    report = GateReport(injected=injected)
+    history = newest_by_name(stored)
+    measured = {bench["name"] for bench in now}
+    for bench in sorted(now, key=lambda b: b["name"]):
+        info = bench["extra_info"]
+        if "case" not in info:
+            continue
+        key = machine_key(info, policy.key_fields, policy.ignore_packages)
+        candidates = history.get(bench["name"], [])
+        same = [(run, old) for run, old in candidates
+                if machine_key(old["extra_info"], policy.key_fields, policy.ignore_packages) == key]
+        if same:
+            rules = policy.rules(info["case"]["id"], info.get("device", "cpu"))
+            pooled = [old["extra_info"] for _, old in same[:rules.time_history]]
+            report.rows += judge_case(bench["name"], pooled, info, rules, same[0][0].path)
+        elif candidates:
+            run, old = candidates[0]
+            other = machine_key(old["extra_info"], policy.key_fields, policy.ignore_packages)
+            report.rows.append(Row(bench["name"], "all", Verdict.NOT_COMPARABLE, detail="stored under another "
+                                   "machine key: " + "; ".join(key_differences(other, key)), source=run.path))
+        else:
+            report.rows.append(Row(bench["name"], "all", Verdict.NEW, detail="no stored baseline"))
+    here = {(b["extra_info"].get("device"), _hardware(b["extra_info"])) for b in now if "case" in b["extra_info"]}
+    for name in sorted(set(expected) - measured):
+        entries = [(run, old) for run, old in history.get(name, [])
+                   if not here or (old["extra_info"].get("device"), _hardware(old["extra_info"])) in here]
+        if entries:
+            report.rows.append(Row(name, "all", Verdict.MISSING, detail="selected and stored, but no result now "
+                                   "(failed, skipped or errored: see the test report)", source=entries[0][0].path))
+    if any(r.verdict is Verdict.NEW for r in report.rows):
+        report.notes.append(f"cases without a stored baseline for this machine key are 'new'; {RECORD_HINT}")
+    return report
+
+
+def judge_case(name: str, baselines: Sequence[Mapping[str, Any]], now: Mapping[str, Any], rules: Rules,
+               source: str = "") -> list[Row]:
+    """Every metric of one case against its stored runs of the same machine key, newest first.
+
+    Step times pool the samples of up to ``rules.time_history`` stored runs (one run's median is
+    itself noisy); memory and the loss curve are deterministic and compared with the newest.
+    """
+    baseline = baselines[0]
+    rows = [Row.of(name, f"step time ({rules.time_basis})", _judge_step_time(baselines, now, rules), source)]
+    for metric in ("state_bytes", "peak_allocated_bytes", "cuda_max_reserved_bytes", "rss_bytes"):
+        before, after = _per_rank_bytes(baseline, metric), _per_rank_bytes(now, metric)
+        if before and after and len(before) == len(after):
+            judgements = [judge_bytes(b, a, rules.memory[metric]) for b, a in zip(before, after)]
+            rank, worst = max(enumerate(judgements), key=lambda item: _severity(item[1]))
+            detail = f"{worst.detail}; worst of {len(judgements)} ranks: rank {rank}"
+            rows.append(Row.of(name, metric, Judgement(worst.verdict, worst.baseline, worst.now, worst.change,
+                                                       detail), source))
+    rows.append(Row.of(name, "loss curve", judge_curve(baseline["loss"], now["loss"], rules.loss), source))
+    if "parity" in now:
+        rows.append(Row.of(name, "parity", judge_parity(baseline.get("parity"), now["parity"]), source))
+    return rows
+
+
+def _judge_step_time(baselines: Sequence[Mapping[str, Any]], now: Mapping[str, Any], rules: Rules) -> Judgement:
+    before = [s for info in baselines for s in info["step_seconds"]]
+    after = now["step_seconds"]
+    absolute = judge_time(before, after, rules.time)
+    pooled = f"; baseline: {len(baselines)} stored run(s)"
+    scales = [info.get("calibration_seconds") for info in baselines]
+    scale_now = now.get("calibration_seconds")
+    if not scale_now or not all(scales):
+        if rules.time_basis == "normalized":
+            return replace(absolute, detail=absolute.detail + pooled + "; absolute: no calibration stored")
+        return replace(absolute, detail=absolute.detail + pooled)
+    drift = scale_now / statistics.median(scales) - 1
+    if rules.time_basis == "absolute":
+        return replace(absolute, detail=f"{absolute.detail}{pooled}; machine {_percent(drift)} (calibration)")
+    normalized = judge_time([s / scale for info, scale in zip(baselines, scales) for s in info["step_seconds"]],
+                            [s / scale_now for s in after], rules.time, unit="× cal")
+    return Judgement(normalized.verdict, absolute.baseline, absolute.now, normalized.change,
+                     f"{normalized.detail}{pooled}; absolute {_percent(absolute.change)}, machine {_percent(drift)}")
+
+
+def _per_rank_bytes(info: Mapping[str, Any], metric: str) -> list[int]:
+    values = info.get(metric) or []
+    if metric == "state_bytes":
+        return [v["total"] for v in values]
+    if metric == "rss_bytes":
+        return [v["max_rss"] for v in values]
+    return [v for v in values if v is not None]
+
+
+def _severity(judgement: Judgement) -> tuple[int, float]:
+    rank = {Verdict.REGRESSED: 3, Verdict.IMPROVED: 2, Verdict.UNCHANGED: 1}.get(judgement.verdict, 0)
+    return rank, abs(judgement.change or 0.0)
+
+
+def _hardware(info: Mapping[str, Any]) -> str:
+    return hardware_name(info.get("hardware", {}))
+
+
+def _percent(change: float | None) -> str:
+    return "" if change is None else f"{change:+.1%}"
+

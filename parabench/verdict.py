@@ -1,0 +1,149 @@
+"""The gate's judgements: one metric of one case, baseline against now, under one rule.
+
+Pure functions of numbers, so that their properties can be tested directly (tests/test_verdict.py):
+identical samples never regress, a larger slowdown never turns a regression into a pass, and
+the order of the samples does not matter.
+"""
+
+from __future__ import annotations
+
+import enum
+import statistics
+from dataclasses import dataclass
+from typing import Sequence
+
+from scipy.stats import mannwhitneyu
+
+from parabench.checks import Tolerance, first_divergence
+
+
+class Verdict(str, enum.Enum):
+    REGRESSED = "regressed"
+    IMPROVED = "improved"
+    UNCHANGED = "unchanged"
+    NEW = "new"                        # measured now, no baseline for this case
+    MISSING = "missing"                # in the baseline, selected now, but no result now
+    NOT_COMPARABLE = "not comparable"  # a baseline exists, under another machine key
+    INFO = "info"                      # recorded for people, never judged
+
+
+@dataclass(frozen=True)
+class TimeRule:
+    """A slowdown regresses when the medians differ by more than ``threshold`` **and** the
+    per-step samples differ significantly (one-sided Mann–Whitney U, p < ``alpha``)."""
+
+    threshold: float = 0.10
+    alpha: float = 0.01
+    min_samples: int = 5
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.threshold < 1 or not 0 < self.alpha < 1 or self.min_samples < 3:
+            raise ValueError(f"time rule {self}: need 0 ≤ threshold < 1, 0 < alpha < 1 and min_samples ≥ 3")
+
+
+@dataclass(frozen=True)
+class BytesRule:
+    """Memory is deterministic: any change beyond ``rtol`` (relative) is a regression or an improvement."""
+
+    rtol: float = 0.0
+    informational: bool = False
+
+    def __post_init__(self) -> None:
+        if self.rtol < 0:
+            raise ValueError(f"memory rule {self}: rtol must be ≥ 0")
+
+
+@dataclass(frozen=True)
+class CurveRule:
+    """The loss curve against the stored one: ``exact`` (bit for bit) or within a tolerance."""
+
+    exact: bool = True
+    atol: float = 0.0
+    rtol: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.atol < 0 or self.rtol < 0 or (self.exact and (self.atol or self.rtol)):
+            raise ValueError(f"loss rule {self}: exact takes no tolerance; atol and rtol must be ≥ 0")
+
+    @property
+    def tolerance(self) -> Tolerance:
+        return Tolerance(atol=self.atol, rtol=self.rtol)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    verdict: Verdict
+    baseline: str = ""
+    now: str = ""
+    change: float | None = None  # relative change, now / baseline − 1, where one means something
+    detail: str = ""
+
+
+def judge_time(baseline: Sequence[float], now: Sequence[float], rule: TimeRule, unit: str = "s") -> Judgement:
+    """Median change with significance; ``baseline`` and ``now`` are per-step samples (any order)."""
+    if min(len(baseline), len(now)) < rule.min_samples:
+        return Judgement(Verdict.INFO, detail=f"too few steps to judge ({len(baseline)} vs {len(now)}; "
+                                               f"the rule needs {rule.min_samples})")
+    before, after = statistics.median(baseline), statistics.median(now)
+    change = after / before - 1
+    if change > rule.threshold:
+        p = mannwhitneyu(now, baseline, alternative="greater").pvalue
+        verdict = Verdict.REGRESSED if p < rule.alpha else Verdict.UNCHANGED
+    elif change < -rule.threshold:
+        p = mannwhitneyu(now, baseline, alternative="less").pvalue
+        verdict = Verdict.IMPROVED if p < rule.alpha else Verdict.UNCHANGED
+    else:
+        p = None
+    detail = f"threshold ±{rule.threshold:.0%}"
+    if p is not None:
+        detail += f", Mann–Whitney p={p:.2g} ({'<' if p < rule.alpha else '≥'} {rule.alpha:g})"
+    return Judgement(verdict if p is not None else Verdict.UNCHANGED, _quantity(before, unit), _quantity(after, unit),
+                     change, detail)
+
+
+def judge_bytes(baseline: int, now: int, rule: BytesRule) -> Judgement:
+    change = (now / baseline - 1) if baseline else (0.0 if now == baseline else float("inf"))
+    if rule.informational:
+        verdict = Verdict.INFO
+    elif abs(now - baseline) <= rule.rtol * baseline:
+        verdict = Verdict.UNCHANGED
+    else:
+        verdict = Verdict.REGRESSED if now > baseline else Verdict.IMPROVED
+    detail = "information only" if rule.informational else f"tolerance {rule.rtol:.2%}"
+    return Judgement(verdict, _bytes(baseline), _bytes(now), change, detail)
+
+
+def judge_curve(baseline: Sequence[float], now: Sequence[float], rule: CurveRule) -> Judgement:
+    """Step by step against the stored curve; names the first step that diverged."""
+    if len(baseline) != len(now):
+        return Judgement(Verdict.NOT_COMPARABLE, f"{len(baseline)} steps", f"{len(now)} steps",
+                         detail="curves of different lengths")
+    tolerance = rule.tolerance
+    step = first_divergence(now, baseline, tolerance)
+    how = "bit for bit" if rule.exact else f"atol {tolerance.atol:g} + rtol {tolerance.rtol:g}"
+    final = (f"{baseline[-1]:.6f}", f"{now[-1]:.6f}") if baseline else ("", "")
+    if step is None:
+        return Judgement(Verdict.UNCHANGED, *final, detail=f"every step equal ({how})")
+    return Judgement(Verdict.REGRESSED, *final, change=(now[-1] / baseline[-1] - 1) if baseline[-1] else None,
+                     detail=f"diverged at step {step}: {now[step]:.8f} vs {baseline[step]:.8f} ({how})")
+
+
+def judge_parity(baseline: dict | None, now: dict) -> Judgement:
+    """The stored parity check against the one-process reference (an absolute rule, per precision)."""
+    gap = f"max |Δ| {now['max_abs_difference']:.2e}"
+    before = f"max |Δ| {baseline['max_abs_difference']:.2e}" if baseline else ""
+    if now["first_divergence"] is None:
+        return Judgement(Verdict.UNCHANGED, before, gap, detail=f"within atol {now['atol']:g} + rtol {now['rtol']:g}")
+    return Judgement(Verdict.REGRESSED, before, gap,
+                     detail=f"left the reference {now['reference']} at step {now['first_divergence']} "
+                            f"(atol {now['atol']:g} + rtol {now['rtol']:g})")
+
+
+def _quantity(seconds: float, unit: str) -> str:
+    if unit == "s":
+        return f"{seconds * 1e3:.3f} ms"
+    return f"{seconds:.4g} {unit}"
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 1e6:.3f} MB"

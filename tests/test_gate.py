@@ -1,0 +1,208 @@
+"""The gate's data side: policy file, machine keys, stored runs and the comparison of two runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from parabench.baselines import BaselineError, atomic_write, discover, load_run
+from parabench.gate import compare
+from parabench.keys import machine_key, slug
+from parabench.policy import PolicyError, load_policy
+from parabench.result import RESULT_FORMAT
+from parabench.verdict import Verdict
+
+REPO = Path(__file__).resolve().parents[1]
+POLICY = load_policy(REPO / "baselines" / "policy.toml")
+CASE_ID = "torch-ddp-adamw-gpt2_text-w2-fp32"
+
+
+def info(step_ms: float = 40.0, state: int = 4_000_000, peak: int = 10_000_000, losses=None, cpu="AMD EPYC",
+         torch_version="2.13.0+cpu", calibration: float = 0.004, seed: int = 0, **extra) -> dict:
+    rng = random.Random(seed)
+    return {"format": RESULT_FORMAT,
+            "case": {"id": CASE_ID, "precision": "fp32", "world_size": 2, "warmup_steps": 2, "steps": 20},
+            "loss": losses or [5.5 - 0.1 * i for i in range(22)],
+            "step_seconds": [step_ms / 1e3 * (1 + rng.uniform(-0.03, 0.03)) for _ in range(20)],
+            "state_bytes": [{"total": state}, {"total": state}], "peak_allocated_bytes": [peak, peak],
+            "cuda_max_reserved_bytes": [None, None], "rss_bytes": [{"max_rss": 9e8}, {"max_rss": 9e8}],
+            "calibration_seconds": calibration, "world_size": 2, "device": "cpu", "threads_per_rank": 1,
+            "versions": {"python": "3.11.7", "torch": torch_version, "pytest-benchmark": "5.2.3"},
+            "hardware": {"cpu": cpu, "cpu_count": 2, "device": "cpu"}, "fingerprint": "abc", "injected": None,
+            **extra}
+
+
+def bench(extra_info: dict, name: str = f"test_train[{CASE_ID}]") -> dict:
+    return {"name": name, "fullname": f"bench/test_x.py::{name}", "stats": {}, "extra_info": extra_info}
+
+
+def store(tmp_path: Path, *benches: dict, name: str = "0001_base.json", when: str = "2026-11-01T00:00:00") -> Path:
+    path = tmp_path / "Linux-CPython-3.11-64bit" / name
+    atomic_write(path, json.dumps({"datetime": when, "benchmarks": list(benches)}).encode())
+    return path
+
+
+def verdicts(report) -> dict[str, Verdict]:
+    return {row.metric.split(" (")[0]: row.verdict for row in report.rows}
+
+
+# --------------------------------------------------------------------------- comparing
+
+def test_an_unchanged_run_is_unchanged_in_every_metric(tmp_path):
+    store(tmp_path, bench(info(seed=1)))
+    report = compare([bench(info(seed=2))], discover(tmp_path), POLICY)
+    assert not report.regressions
+    assert verdicts(report) == {"step time": Verdict.UNCHANGED, "state_bytes": Verdict.UNCHANGED,
+                                "peak_allocated_bytes": Verdict.UNCHANGED, "rss_bytes": Verdict.INFO,
+                                "loss curve": Verdict.UNCHANGED}
+
+
+@pytest.mark.parametrize("change, metric", [
+    (dict(step_ms=52.0), "step time"),
+    (dict(state=4_040_000), "state_bytes"),
+    (dict(peak=10_100_000), "peak_allocated_bytes"),
+    (dict(losses=[5.5 - 0.1 * i for i in range(3)] + [5.5 - 0.099 * i for i in range(3, 22)]), "loss curve"),
+])
+def test_each_kind_of_regression_is_flagged_in_its_metric(tmp_path, change, metric):
+    store(tmp_path, bench(info(seed=1)))
+    report = compare([bench(info(seed=2, **change))], discover(tmp_path), POLICY)
+    assert [row.metric.split(" (")[0] for row in report.regressions] == [metric]
+    if metric == "loss curve":
+        assert "diverged at step 3" in report.regressions[0].detail
+
+
+def test_the_time_basis_decides_whether_machine_drift_counts(tmp_path):
+    # The whole machine 30 % slower, the calibration step too.
+    store(tmp_path, bench(info(seed=1)))
+    now = [bench(info(step_ms=52.0, calibration=0.0052, seed=2))]
+    normalized = load_policy(write_policy(tmp_path, 'format = 1\n[time]\nbasis = { cpu = "normalized" }\n'))
+    for policy, verdict in ((POLICY, Verdict.REGRESSED), (normalized, Verdict.UNCHANGED)):
+        row = next(r for r in compare(now, discover(tmp_path), policy).rows if r.metric.startswith("step time"))
+        assert row.verdict is verdict and "machine +30.0%" in row.detail
+
+
+def test_the_time_baseline_pools_the_newest_runs_of_the_same_key(tmp_path):
+    for i, step_ms in enumerate([10.0, 40.0, 41.0, 39.0]):  # the oldest is beyond history = 3
+        store(tmp_path, bench(info(step_ms=step_ms, seed=i)), name=f"000{i}_r.json", when=f"2026-0{i + 1}-01")
+    row = next(r for r in compare([bench(info(seed=9))], discover(tmp_path), POLICY).rows
+               if r.metric.startswith("step time"))
+    assert row.verdict is Verdict.UNCHANGED and "baseline: 3 stored run(s)" in row.detail
+
+
+def test_another_machine_key_is_not_comparable_and_says_what_differs(tmp_path):
+    store(tmp_path, bench(info(cpu="Intel Xeon", torch_version="2.12.0+cpu")))
+    report = compare([bench(info(step_ms=80.0))], discover(tmp_path), POLICY)
+    (row,) = report.rows
+    assert row.verdict is Verdict.NOT_COMPARABLE and not report.regressions
+    assert "hardware: Intel Xeon (2 CPUs) (stored) vs AMD EPYC (2 CPUs) (now)" in row.detail
+    assert "torch 2.12.0+cpu vs 2.13.0+cpu" in row.detail
+
+
+def test_the_newest_baseline_of_the_same_key_is_used(tmp_path):
+    store(tmp_path, bench(info(state=3_000_000)), name="0001_old.json", when="2026-01-01T00:00:00")
+    store(tmp_path, bench(info(step_ms=40.0, seed=1)), name="0002_new.json", when="2026-02-01T00:00:00")
+    store(tmp_path, bench(info(step_ms=10.0, cpu="Other")), name="0003_other.json", when="2026-03-01T00:00:00")
+    report = compare([bench(info(seed=2))], discover(tmp_path), POLICY)
+    assert not report.regressions and {r.source for r in report.rows} == {str(tmp_path / "Linux-CPython-3.11-64bit"
+                                                                              / "0002_new.json")}
+
+
+def test_new_and_missing_cases_are_reported_with_how_to_record(tmp_path):
+    store(tmp_path, bench(info(), name="test_train[gone]"))
+    report = compare([bench(info())], discover(tmp_path), POLICY, expected=["test_train[gone]", f"test_train[{CASE_ID}]"])
+    assert {r.name: r.verdict for r in report.rows} == {f"test_train[{CASE_ID}]": Verdict.NEW,
+                                                        "test_train[gone]": Verdict.MISSING}
+    assert any("--bench-record" in note for note in report.notes)
+
+
+def test_reports_render_as_json_and_markdown(tmp_path):
+    store(tmp_path, bench(info(seed=1)))
+    report = compare([bench(info(state=5_000_000, seed=2))], discover(tmp_path), POLICY)
+    data = json.loads(report.to_json())
+    assert data["regressed"] and data["counts"] == {"regressed": 1}
+    assert "### Regressions" in report.to_markdown() and "state_bytes" in report.to_markdown()
+    assert "REGRESSED" in report.summary()
+
+
+# --------------------------------------------------------------------------- keys
+
+def test_keys_ignore_python_patch_releases_and_listed_packages():
+    a = machine_key(info(), ignore_packages=["pytest-benchmark"])
+    b = machine_key(info(versions={"python": "3.11.9", "torch": "2.13.0+cpu", "pytest-benchmark": "9"}),
+                    ignore_packages=["pytest-benchmark"])
+    assert a == b and a["versions"] == {"python": "3.11", "torch": "2.13.0+cpu"}
+
+
+def test_slugs_name_the_machine_class():
+    assert slug(info()) == "cpu-amd_epyc-2cpus"
+    assert slug({"hardware": {"gpu": "NVIDIA H100 80GB HBM3", "gpu_count": 1}}) == "cuda-nvidia_h100_80gb_hbm3-x1"
+
+
+# --------------------------------------------------------------------------- stored files
+
+def test_a_corrupt_file_is_named_in_the_error(tmp_path):
+    path = tmp_path / "m" / "0001_x.json"
+    path.parent.mkdir()
+    path.write_text('{"benchmarks": [')
+    with pytest.raises(BaselineError, match=r"0001_x\.json: not valid JSON \(line 1"):
+        discover(tmp_path)
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"no": "benchmarks"}, "not a pytest-benchmark run"),
+    ({"benchmarks": [bench({**info(), "format": 99})]}, "result format 99"),
+    ({"benchmarks": [bench(info(injected="slowdown=0.15"))]}, "bench-inject=slowdown=0.15"),
+])
+def test_unknown_formats_and_perturbed_runs_are_refused(tmp_path, content, message):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(BaselineError, match=message):
+        load_run(path)
+
+
+def test_atomic_writes_never_replace_unless_asked_and_leave_no_debris(tmp_path):
+    path = tmp_path / "a" / "result.json"
+    atomic_write(path, b"first")
+    with pytest.raises(FileExistsError, match="is not replaced"):
+        atomic_write(path, b"second")
+    assert path.read_bytes() == b"first"
+    atomic_write(path, b"third", overwrite=True)
+    assert path.read_bytes() == b"third" and os.listdir(path.parent) == ["result.json"]
+
+
+# --------------------------------------------------------------------------- policy
+
+def write_policy(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    return path
+
+
+def test_overrides_apply_to_matching_cases_only(tmp_path):
+    policy = load_policy(write_policy(tmp_path, 'format = 1\n[time]\nthreshold = 0.1\n'
+                                                '[[override]]\ncases = "torch-fsdp1-*"\ntime = { threshold = 0.2 }\n'))
+    assert policy.rules("torch-fsdp1-sgd-x", "cpu").time.threshold == 0.2
+    assert policy.rules("torch-ddp-sgd-x", "cpu").time.threshold == 0.1
+
+
+@pytest.mark.parametrize("text, message", [
+    ("format = 1\n[time]\ntreshold = 0.1\n", "unknown key time.treshold; known here: alpha, basis"),
+    ("format = 2\n", "policy format 2 is not known"),
+    ("format = 1\n[time]\nbasis = 'fast'\n", "time.basis 'fast' is not known"),
+    ("format = 1\n[time]\nthreshold = 3\n", "need 0 ≤ threshold < 1"),
+    ("format = 1\n[[override]]\ntime = { threshold = 0.2 }\n", r"override\[0\] needs cases"),
+    ("format = [1\n", "not valid TOML"),
+])
+def test_a_malformed_policy_names_the_file_and_the_key(tmp_path, text, message):
+    with pytest.raises(PolicyError, match=message) as error:
+        load_policy(write_policy(tmp_path, text))
+    assert "policy.toml" in str(error.value)
+
+
+def test_the_committed_policy_loads():
+    rules = POLICY.rules(CASE_ID, "cpu")
+    assert rules.loss.exact and rules.memory["rss_bytes"].informational

@@ -1,0 +1,95 @@
+"""The gate catches what it must: perturbations injected into a real case, judged against its recorded baseline.
+
+One DDP + SGD case is recorded once into a private store; each test then runs it again under the
+gate, unchanged or with one perturbation (``--bench-inject``), and reads the verdicts the gate wrote.
+SGD with momentum, unlike Adam, is not blind to a gradient-scaling bug (DESIGN §4).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_end_to_end import outcome, pytest_run
+
+CASE = "torch-ddp-sgd-gpt2_text-w2-fp32"
+SELECTION = ["bench/test_torch_strategies.py", "-k", f"{CASE} and not ga2", "--bench-steps=8", "--bench-warmup=1"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    storage = tmp_path_factory.mktemp("baselines")
+    recorded = pytest_run(*SELECTION, f"--benchmark-storage=file://{storage}", "--bench-record")
+    assert recorded.returncode == 0, outcome(recorded)
+    [path] = storage.glob("*/0001_baseline_cpu-*.json")
+    assert json.loads(path.read_text())["benchmarks"][0]["extra_info"]["case"]["id"] == CASE
+    return storage
+
+
+def gate(store: Path, tmp_path: Path, *extra: str):
+    """Run the gate once; return its exit status, its rows by metric, and its output."""
+    result = pytest_run(*SELECTION, f"--benchmark-storage=file://{store}", "--bench-gate",
+                        f"--bench-report={tmp_path}", *extra)
+    report = json.loads((tmp_path / "gate.json").read_text())
+    rows = {row["metric"].split(" (")[0]: row for row in report["rows"] if row["name"].endswith(f"[{CASE}]")}
+    assert (tmp_path / "gate.md").read_text().startswith("## parabench gate:")
+    return result, rows, report
+
+
+def test_unchanged_code_keeps_every_deterministic_metric(store, tmp_path):
+    result, rows, report = gate(store, tmp_path)
+    # Time is judged too, but a timing verdict on a shared machine is a rate, counted by
+    # `python -m parabench.selftest`; the deterministic metrics must hold every time.
+    for metric in ("state_bytes", "peak_allocated_bytes", "loss curve", "parity"):
+        assert rows[metric]["verdict"] == "unchanged", rows[metric]
+    assert rows["loss curve"]["detail"] == "every step equal (bit for bit)"
+    assert result.returncode == (1 if report["regressed"] else 0), outcome(result)
+
+
+def test_a_slowdown_is_flagged_in_step_time(store, tmp_path):
+    result, rows, report = gate(store, tmp_path, "--bench-inject=slowdown=0.5")
+    assert rows["step time"]["verdict"] == "regressed", rows["step time"]
+    assert result.returncode == 1 and "REGRESSED" in result.stdout, outcome(result)
+    assert "PERTURBATION INJECTED ON PURPOSE (self-test): slowdown=0.5" in result.stdout
+    assert report["injected"] == "slowdown=0.5"
+
+
+def test_one_percent_more_memory_is_flagged_in_state_and_peak(store, tmp_path):
+    result, rows, _ = gate(store, tmp_path, "--bench-inject=memory=0.01")
+    for metric in ("state_bytes", "peak_allocated_bytes"):
+        assert rows[metric]["verdict"] == "regressed", rows[metric]
+        assert rows[metric]["change"] == pytest.approx(0.01, abs=2e-4)
+    assert rows["loss curve"]["verdict"] == "unchanged"
+    assert result.returncode == 1, outcome(result)
+
+
+@pytest.mark.parametrize("perturbation", ["grads-summed", "lr0"])
+def test_a_convergence_break_is_flagged_at_the_step_it_diverged(store, tmp_path, perturbation):
+    result, rows, _ = gate(store, tmp_path, f"--bench-inject={perturbation}")
+    # Step 0's loss is computed before the first update: the curves part at step 1.
+    assert rows["loss curve"]["verdict"] == "regressed", rows["loss curve"]
+    assert rows["loss curve"]["detail"].startswith("diverged at step 1:")
+    assert result.returncode == 1, outcome(result)
+
+
+def test_a_baseline_from_another_machine_is_not_comparable(store, tmp_path):
+    [path] = store.glob("*/0001_*.json")
+    data = json.loads(path.read_text())
+    for bench in data["benchmarks"]:
+        bench["extra_info"]["hardware"]["cpu"] = "Some Other CPU"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(data))
+    result = pytest_run(*SELECTION, f"--benchmark-storage=file://{store}", f"--benchmark-compare={other}",
+                        f"--bench-report={tmp_path}")
+    rows = json.loads((tmp_path / "gate.json").read_text())["rows"]
+    assert [row["verdict"] for row in rows] == ["not comparable"], rows
+    assert "hardware: Some Other CPU (2 CPUs) (stored) vs" in rows[0]["detail"]
+    assert result.returncode == 0 and "not comparable" in result.stdout, outcome(result)
+
+
+def test_a_perturbed_run_cannot_be_recorded(store):
+    result = pytest_run(*SELECTION, f"--benchmark-storage=file://{store}", "--bench-record",
+                        "--bench-inject=slowdown=0.2")
+    assert result.returncode == 4 and "cannot be combined with --bench-record" in result.stderr, outcome(result)
