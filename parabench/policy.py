@@ -23,7 +23,7 @@ POLICY_FORMAT = 1
 DEVICES = ("cpu", "cuda")
 BASES = ("absolute", "normalized")
 MEMORY_METRICS = ("state_bytes", "peak_allocated_bytes", "cuda_max_reserved_bytes", "rss_bytes")
-RULE_FIELDS = {"time": {"basis", "history", "threshold", "alpha", "min_samples"},
+RULE_FIELDS = {"time": {"basis", "history", "spread_factor", "threshold", "alpha", "min_samples"},
                "memory": set(MEMORY_METRICS), "loss": set(DEVICES)}
 
 
@@ -38,6 +38,7 @@ class Rules:
     time: TimeRule
     time_basis: str
     time_history: int  # newest stored runs of the same key whose step times are pooled as the baseline
+    time_spread_factor: float  # the threshold is at least this × the spread of those runs' medians
     memory: dict[str, BytesRule]
     loss: CurveRule
 
@@ -122,6 +123,9 @@ def _build(table: dict[str, Any], device: str, path: str) -> Rules:
         basis = basis.get(device, "absolute")
     if basis not in BASES:
         raise PolicyError(f"{path}: time.basis {basis!r} is not known; use one of {', '.join(BASES)}")
+    spread_factor = time.pop("spread_factor", 0.0)
+    if not isinstance(spread_factor, (int, float)) or spread_factor < 0:
+        raise PolicyError(f"{path}: time.spread_factor must be a number ≥ 0, not {spread_factor!r}")
     history = time.pop("history", 1)
     if not isinstance(history, int) or history < 1:
         raise PolicyError(f"{path}: time.history must be a whole number ≥ 1, not {history!r}")
@@ -133,6 +137,6 @@ def _build(table: dict[str, Any], device: str, path: str) -> Rules:
             memory[metric] = BytesRule(**rule)
         loss = table["loss"].get(device, {})
         _check_keys(Path(path), f"loss.{device}.", loss, {"exact", "atol", "rtol"})
-        return Rules(TimeRule(**time), basis, history, memory, CurveRule(**loss))
+        return Rules(TimeRule(**time), basis, history, float(spread_factor), memory, CurveRule(**loss))
     except (TypeError, ValueError) as error:
         raise PolicyError(f"{path}: {error}") from None

@@ -76,9 +76,16 @@ def test_bench_run_checks_parity_stores_and_compares(tmp_path):
     assert fsdp["params"] / ddp["params"] == pytest.approx(0.5, abs=0.02)
     assert fsdp["optimizer"] / ddp["optimizer"] == pytest.approx(0.5, abs=0.02)
 
-    second = pytest_run(*selection, "--benchmark-compare=0001", "--benchmark-compare-fail=min:100000%")
+    second = pytest_run(*selection, "--benchmark-compare=0001", "--benchmark-compare-fail=min:100000%",
+                        f"--bench-report={tmp_path}")
     assert second.returncode == 0, outcome(second)
     assert "0001_first" in second.stdout, outcome(second)
+    # The verdict table covers memory and convergence too; both are deterministic here.
+    assert "parabench: baseline vs now" in second.stdout and "loss curve" in second.stdout, outcome(second)
+    gate = json.loads((tmp_path / "gate.json").read_text())
+    for row in gate["rows"]:
+        if row["metric"] in ("state_bytes", "loss curve", "parity"):
+            assert row["verdict"] == "unchanged", row
 
 
 def test_failing_cases_fail_with_the_rank_story_and_the_session_goes_on(tmp_path):

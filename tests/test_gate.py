@@ -85,12 +85,28 @@ def test_the_time_basis_decides_whether_machine_drift_counts(tmp_path):
         assert row.verdict is verdict and "machine +30.0%" in row.detail
 
 
+def test_a_noisy_history_raises_the_time_threshold(tmp_path):
+    for i, step_ms in enumerate([40.0, 48.0]):  # stored medians 20 % apart: threshold 1.5 × 20 % = 30 %
+        store(tmp_path, bench(info(step_ms=step_ms, seed=i)), name=f"000{i}_r.json", when=f"2026-0{i + 1}-01")
+    row = next(r for r in compare([bench(info(step_ms=52.0, seed=9))], discover(tmp_path), POLICY).rows
+               if r.metric.startswith("step time"))
+    assert row.verdict is Verdict.UNCHANGED and "medians spread 1" in row.detail and "so the threshold is 2" in row.detail
+
+
 def test_the_time_baseline_pools_the_newest_runs_of_the_same_key(tmp_path):
-    for i, step_ms in enumerate([10.0, 40.0, 41.0, 39.0]):  # the oldest is beyond history = 3
+    for i, step_ms in enumerate([10.0, 40.0, 40.5, 39.5]):  # the oldest is beyond history = 3
         store(tmp_path, bench(info(step_ms=step_ms, seed=i)), name=f"000{i}_r.json", when=f"2026-0{i + 1}-01")
     row = next(r for r in compare([bench(info(seed=9))], discover(tmp_path), POLICY).rows
                if r.metric.startswith("step time"))
     assert row.verdict is Verdict.UNCHANGED and "baseline: 3 stored run(s)" in row.detail
+
+
+def test_time_can_be_reported_without_being_judged(tmp_path):
+    store(tmp_path, bench(info(seed=1)))
+    report = compare([bench(info(step_ms=80.0, seed=2))], discover(tmp_path), POLICY, judge_time=False)
+    row = next(r for r in report.rows if r.metric.startswith("step time"))
+    assert row.verdict is Verdict.INFO and row.detail.startswith("reported, not judged: by the policy regressed")
+    assert not report.regressions
 
 
 def test_another_machine_key_is_not_comparable_and_says_what_differs(tmp_path):
