@@ -60,7 +60,8 @@ def test_one_percent_more_memory_is_flagged_in_state_and_peak(store, tmp_path):
     result, rows, _ = gate(store, tmp_path, "--bench-inject=memory=0.01")
     for metric in ("state_bytes", "peak_allocated_bytes"):
         assert rows[metric]["verdict"] == "regressed", rows[metric]
-        assert rows[metric]["change"] == pytest.approx(0.01, abs=2e-4)
+        # State bytes are exact; the CPU peak of unchanged code moves by up to 8 KB (0.05 %) between runs.
+        assert rows[metric]["change"] == pytest.approx(0.01, abs=2e-4 if metric == "state_bytes" else 1e-3)
     assert rows["loss curve"]["verdict"] == "unchanged"
     assert result.returncode == 1, outcome(result)
 
