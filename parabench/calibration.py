@@ -19,8 +19,8 @@ CHAIN = 8
 REPEATS = 7
 
 
-def calibration_samples(device: torch.device, repeats: int = REPEATS) -> list[float]:
-    """Seconds of each of ``repeats`` runs of the fixed step on this rank (after one untimed run)."""
+def calibration_seconds(device: torch.device, repeats: int = REPEATS) -> float:
+    """Median seconds of ``repeats`` runs of the fixed step on this rank (after one untimed run)."""
     generator = torch.Generator().manual_seed(0)
     weight = (torch.randn(MATRIX_SIZE, MATRIX_SIZE, generator=generator) / MATRIX_SIZE ** 0.5).to(device)
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -37,19 +37,4 @@ def calibration_samples(device: torch.device, repeats: int = REPEATS) -> list[fl
         start = time.perf_counter()
         work()
         samples.append(time.perf_counter() - start)
-    return samples
-
-
-class Calibration:
-    """Samples of the fixed step on one rank, summarised by their median."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.samples: list[float] = []
-
-    def sample(self) -> None:
-        self.samples += calibration_samples(self.device)
-
-    @property
-    def seconds(self) -> float:
-        return statistics.median(self.samples)
+    return statistics.median(samples)

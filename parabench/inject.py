@@ -62,7 +62,10 @@ class Perturbation:
         if cls.KINDS[kind] != bool(amount):
             raise ValueError(f"perturbation {text!r}: {kind} {'needs' if cls.KINDS[kind] else 'takes no'} "
                              f"amount; {usage}")
-        value = float(amount) if amount else 0.0
+        try:
+            value = float(amount) if amount else 0.0
+        except ValueError:
+            value = -1.0
         if cls.KINDS[kind] and not value > 0:
             raise ValueError(f"perturbation {text!r}: the amount must be a positive fraction; {usage}")
         return cls(kind, value)

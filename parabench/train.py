@@ -7,7 +7,7 @@ import time
 import torch
 
 from parabench import inject
-from parabench.calibration import Calibration
+from parabench.calibration import calibration_seconds
 from parabench.case import Case, shard_bounds, split_batch
 from parabench.inject import Perturbation
 from parabench.measure import StepTimer, profiled_peak_bytes, rss_bytes, state_bytes
@@ -50,8 +50,7 @@ def run_case(context: RankContext, case: Case, perturbation: Perturbation | None
 
     ``perturbation`` (self-test only) makes the case slower, bigger or wrong on purpose.
     """
-    calibration = Calibration(context.device)  # the machine's speed right now, on these ranks
-    calibration.sample()
+    calibration = calibration_seconds(context.device)  # the machine's speed right now, on these ranks
     started = time.perf_counter()
     strategy, workload = build(context, case)
     if perturbation:
@@ -102,7 +101,7 @@ def run_case(context: RankContext, case: Case, perturbation: Perturbation | None
                           setup_seconds=setup_seconds, state_bytes=state, peak_allocated_bytes=peak,
                           cuda_max_reserved_bytes=reserved, rss_bytes=rss_bytes(),
                           workload=workload.describe(), fingerprint=workload.fingerprint(),
-                          calibration_seconds=calibration.seconds)
+                          calibration_seconds=calibration)
     finally:
         # Dropping the references frees most of it; the worker runs the (slow, ~0.25 s) cycle
         # collection after answering, while the controller records the result.
