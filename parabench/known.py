@@ -28,6 +28,11 @@ KNOWN_DEVIATIONS = (
         "FSDP1 hands the optimizer 1-D flat shards and torch.optim.Adafactor factors its second moment only "
         "for ≥2-D parameters, so the update is not the one-process update (gpt2-text fp32: |Δloss| 0.19 at "
         "step 1, 0.25 max over 22 steps). Inherent to flat parameters; kept to show the deviation."),
+    KnownDeviation(
+        "deepspeed-zero0-*-bf16*",
+        "deepspeed 0.19.8: ZeRO-0 in bf16 (FP16_Optimizer in bf16 mode) leaves the one-process bf16 run by "
+        "0.062 (gpt2-text, step 5) and 0.12 (vit-digits) over 42/62 steps, while ZeRO-1/2/3 in bf16 on the same "
+        "cases stay within 0.003 and 0.035. Remove when the case passes."),
 )
 
 

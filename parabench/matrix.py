@@ -24,6 +24,7 @@ def cases(strategies: Sequence[str], optimizers: Sequence[str], workloads: Seque
     for strategy, optimizer, workload in itertools.product(strategies, optimizers, workloads):
         cls = STRATEGIES.get(strategy)
         OPTIMIZERS.get(optimizer), WORKLOADS.get(workload)  # unknown names fail at collection
+        cls.validate_options(dict(fields.get("options", ())))
         sizes = (1,) if cls.requires.max_world_size == 1 else world_sizes
         for world_size in sizes:
             for precision in (p for p in cls.precisions if precisions is None or p in precisions):
@@ -45,7 +46,7 @@ def skip_reason(case: Case, machine: Machine) -> str | None:
     strategy = STRATEGIES.get(case.strategy)
     if not strategy.supports(case.precision):
         return f"{case.strategy} does not run in {case.precision}; it supports {', '.join(strategy.precisions)}"
-    checks = [(case.strategy, strategy.requirements(case.precision)),
+    checks = [(case.strategy, strategy.requirements(case.precision, dict(case.options))),
               (case.optimizer, OPTIMIZERS.get(case.optimizer).requires),
               (case.workload, WORKLOADS.get(case.workload).requires)]
     for who, requirements in checks:

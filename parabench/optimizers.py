@@ -41,3 +41,31 @@ register("sgd", torch.optim.SGD, lr=0.05, momentum=0.9)
 register("adam", torch.optim.Adam, lr=1e-3)
 register("adamw", torch.optim.AdamW, lr=1e-3, weight_decay=0.01)
 register("adafactor", torch.optim.Adafactor, lr=1e-2)
+
+
+# DeepSpeed's own optimizers, built on first use (their ops compile once per machine and are cached
+# under TORCH_EXTENSIONS_DIR). Same hyper-parameters as ``adamw``.
+def _deepspeed_cpu_adam(params, **kwargs):
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    return DeepSpeedCPUAdam(params, **kwargs)
+
+
+def _deepspeed_fused_adam(params, **kwargs):
+    from deepspeed.ops.adam import FusedAdam
+
+    return FusedAdam(params, **kwargs)
+
+
+def _compiler() -> str | None:
+    import shutil
+
+    return None if shutil.which("c++") else "needs a C++ compiler (c++) to build its op on first use"
+
+
+OPTIMIZERS.add("ds-cpuadam", OptimizerSpec(
+    "ds-cpuadam", _deepspeed_cpu_adam, dict(lr=1e-3, weight_decay=0.01, adamw_mode=True),
+    Requirements(packages=("deepspeed",), probes=(_compiler,))))
+OPTIMIZERS.add("ds-fusedadam", OptimizerSpec(
+    "ds-fusedadam", _deepspeed_fused_adam, dict(lr=1e-3, weight_decay=0.01, adam_w_mode=True),
+    Requirements(packages=("deepspeed",), cuda=True, why_cuda=("FusedAdam is a CUDA kernel",))))

@@ -22,6 +22,7 @@ class Requirements:
     world_size_multiple_of: int = 1
     # (name, probe) pairs: probe() returns None when satisfied, else the reason.
     probes: tuple = field(default=())
+    why_cuda: tuple[str, ...] = ()  # what needs the CUDA device, for the skip reason
 
     def __add__(self, other: "Requirements") -> "Requirements":
         maxes = [m for m in (self.max_world_size, other.max_world_size) if m is not None]
@@ -32,6 +33,7 @@ class Requirements:
             max_world_size=min(maxes) if maxes else None,
             world_size_multiple_of=_lcm(self.world_size_multiple_of, other.world_size_multiple_of),
             probes=self.probes + other.probes,
+            why_cuda=tuple(dict.fromkeys(self.why_cuda + other.why_cuda)),
         )
 
 
@@ -73,7 +75,7 @@ def unmet(who: str, req: Requirements, world_size: int, machine: Machine) -> str
             hint = _INSTALL_HINT.get(pkg, f"pip install {pkg}")
             return f"{who} needs the package '{pkg}' ({hint})"
     if req.cuda and not machine.cuda_devices:
-        return f"{who} needs a CUDA device"
+        return f"{who} needs a CUDA device" + (f" ({'; '.join(req.why_cuda)})" if req.why_cuda else "")
     if world_size < req.min_world_size:
         return f"{who} needs at least {req.min_world_size} ranks (case has {world_size})"
     if req.max_world_size is not None and world_size > req.max_world_size:

@@ -57,6 +57,14 @@ class CaseResult:
     def median_step_seconds(self) -> float:
         return statistics.median(self.step_seconds)
 
+    def max_state_bytes(self, category: str = "total") -> int:
+        """The largest rank's state bytes in ``category`` (params, grads, optimizer, master, total)."""
+        return max(r.state_bytes[category] for r in self.ranks)
+
+    @property
+    def max_peak_allocated_bytes(self) -> int:
+        return max(r.peak_allocated_bytes or 0 for r in self.ranks)
+
     @property
     def global_batch(self) -> int:
         return self.ranks[0].global_batch

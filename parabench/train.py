@@ -37,12 +37,14 @@ class CaseData:
         return {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
 
 
-def build(context: RankContext, case: Case) -> tuple[Strategy, Workload]:
+def build(context: RankContext, case: Case) -> tuple[Strategy, Workload, CaseData]:
     workload = WORKLOADS.get(case.workload)
     strategy = STRATEGIES.get(case.strategy)(context, case.precision, dict(case.options))
+    data = CaseData(workload, case, *strategy.data_parallel(), device=context.device)
+    strategy.set_batching(data.micro_batch, case.grad_accum)
     torch.manual_seed(case.seed)  # every rank builds the same initial model
     strategy.setup(workload.build_model(), OPTIMIZERS.get(case.optimizer), workload)
-    return strategy, workload
+    return strategy, workload, data
 
 
 def run_case(context: RankContext, case: Case, perturbation: Perturbation | None = None) -> RankResult:
@@ -52,10 +54,9 @@ def run_case(context: RankContext, case: Case, perturbation: Perturbation | None
     """
     calibration = calibration_seconds(context.device)  # the machine's speed right now, on these ranks
     started = time.perf_counter()
-    strategy, workload = build(context, case)
+    strategy, workload, data = build(context, case)
     if perturbation:
         perturbation.prepare(strategy.optimizer, context.world_size)
-    data = CaseData(workload, case, *strategy.data_parallel(), device=context.device)
     setup_seconds = time.perf_counter() - started
     cuda = context.device.type == "cuda"
     timer = StepTimer(context.device)

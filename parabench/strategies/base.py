@@ -50,16 +50,24 @@ class Strategy(ABC):
         self.optimizer: torch.optim.Optimizer
 
     @classmethod
-    def requirements(cls, precision: str) -> Requirements:
-        """What a case of this strategy at ``precision`` needs."""
+    def requirements(cls, precision: str, options: Mapping[str, object] = ()) -> Requirements:
+        """What a case of this strategy at ``precision`` with ``options`` needs."""
         needs = cls.requires
         if precision == "fp16":
-            needs = needs + Requirements(cuda=True)
+            needs = needs + Requirements(cuda=True, why_cuda=("fp16: CPU kernels run bf16, use bf16 here",))
         return needs
 
     @classmethod
     def supports(cls, precision: str) -> bool:
         return precision in cls.precisions
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, object]) -> None:
+        """Raise ``ValueError`` naming the fix for options this strategy cannot take (at collection)."""
+
+    def set_batching(self, micro_batch: int, grad_accum: int) -> None:
+        """This rank's micro-batch size and accumulation count, known before ``setup``."""
+        self.micro_batch, self.grad_accum = micro_batch, grad_accum
 
     @abstractmethod
     def setup(self, model: torch.nn.Module, optimizer: OptimizerSpec, workload: Workload) -> None:

@@ -42,6 +42,25 @@ class Workload(ABC):
     def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         """Mean loss over the batch, so that the mean of equal shards' losses is the global loss."""
 
+    def enable_checkpointing(self, model: torch.nn.Module) -> None:
+        """Activation checkpointing: recompute each block's activations in backward (non-reentrant)."""
+        if not hasattr(model, "gradient_checkpointing_enable"):
+            raise ValueError(f"{self.name}: its model has no activation checkpointing; "
+                             f"use the option with a transformers workload (gpt2-text, vit-digits)")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    # Pipeline parallelism (DeepSpeed's PipelineModule): the model as a sequence of layers.
+    def pipeline_layers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        """``model`` as layers applied in order to ``pipeline_io``'s inputs, ending in the logits."""
+        raise ValueError(f"{self.name} does not define pipeline layers; use a workload that does (mlp-digits)")
+
+    def pipeline_io(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs of the first layer, labels for ``pipeline_loss``)."""
+        raise ValueError(f"{self.name} does not define pipeline inputs")
+
+    def pipeline_loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise ValueError(f"{self.name} does not define a pipeline loss")
+
     def accuracy(self, model: torch.nn.Module, batch: Batch) -> float | None:
         """Fraction of correct predictions, for workloads that classify; None otherwise."""
         return None

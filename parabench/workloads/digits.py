@@ -62,6 +62,15 @@ class MlpDigits(_DigitsWorkload):
     def model_config(self) -> dict[str, Any]:
         return {"type": "mlp", "layers": [64, self.hidden, self.hidden, 10]}
 
+    def pipeline_layers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        return list(model)
+
+    def pipeline_io(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch["pixels"], batch["label"]
+
+    def pipeline_loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs, labels)
+
 
 class VitDigits(_DigitsWorkload):
     """A small ViT (transformers, built from a config) on the 8×8 digits, patch size 2."""
