@@ -6,8 +6,9 @@ import importlib.metadata
 import os
 import platform
 
-TRACKED_PACKAGES = ("torch", "transformers", "datasets", "deepspeed", "colossalai", "fairscale",
-                    "pytest-benchmark")
+# Every case's result depends on these; a framework package (deepspeed, colossalai, fairscale) is
+# tracked only for the cases that use it, so installing one does not orphan the others' baselines.
+TRACKED_PACKAGES = ("torch", "transformers", "datasets", "pytest-benchmark")
 
 
 def cuda_device_count() -> int:
@@ -31,9 +32,10 @@ def backend_for(device: str) -> str:
     return "nccl" if device == "cuda" else "gloo"
 
 
-def versions() -> dict[str, str]:
+def versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Versions of python, the tracked packages and ``extra`` (the packages a case needs)."""
     found = {"python": platform.python_version()}
-    for name in TRACKED_PACKAGES:
+    for name in dict.fromkeys(TRACKED_PACKAGES + tuple(extra)):
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

@@ -41,6 +41,13 @@ def params(found: Iterable[Case], *marks: pytest.MarkDecorator) -> list:
     return out
 
 
+def case_packages(case: Case) -> tuple[str, ...]:
+    """The packages a case needs (its strategy's, optimizer's and workload's)."""
+    needs = (STRATEGIES.get(case.strategy).requirements(case.precision, dict(case.options))
+             + OPTIMIZERS.get(case.optimizer).requires + WORKLOADS.get(case.workload).requires)
+    return needs.packages
+
+
 def skip_reason(case: Case, machine: Machine) -> str | None:
     """Why this machine cannot run ``case``, decided without spawning anything; None if it can."""
     strategy = STRATEGIES.get(case.strategy)

@@ -66,6 +66,14 @@ class CaseResult:
         return max(r.peak_allocated_bytes or 0 for r in self.ranks)
 
     @property
+    def max_high_water_bytes(self) -> int:
+        """The largest rank's high-water mark: on CUDA max allocated; on CPU, where the profiled peak is
+        the step's rise above what it starts with, the state it holds plus that rise."""
+        if self.environment.get("device") == "cuda":
+            return self.max_peak_allocated_bytes
+        return max(r.state_bytes["total"] + (r.peak_allocated_bytes or 0) for r in self.ranks)
+
+    @property
     def global_batch(self) -> int:
         return self.ranks[0].global_batch
 

@@ -46,8 +46,10 @@ def test_ids_select_what_they_say():
     assert len(everything) == len(set(everything))
     assert {i for i in ids("-k", "ddp")} == {i for i in everything if "ddp" in i}
     assert {i for i in ids("-k", "fsdp")} == {i for i in everything if "fsdp" in i}
-    zero_adamw = ids("-k", "zero and adamw")
+    zero_adamw = ids("-k", "torch-zero and adamw")
     assert zero_adamw and all(i.startswith("torch-zero-adamw-") for i in zero_adamw)
+    zero3 = ids("-k", "deepspeed and zero3")
+    assert zero3 and all(i.startswith("deepspeed-zero3-") for i in zero3)
 
 
 def test_bench_run_checks_parity_stores_and_compares(tmp_path):
