@@ -74,3 +74,16 @@ def test_pools_are_reused_and_close_leaves_no_process():
     single = pools.run(1, rank_tasks.pid, timeout_s=60)
     pools.close()
     assert all(gone(pid) for pid in first + single)
+
+
+def test_families_get_their_own_ranks_and_the_least_recent_pool_is_closed_first():
+    pools = PoolManager(max_pools=2)
+    torch_pids = pools.get(1, "torch").pids
+    deepspeed_pids = pools.get(1, "deepspeed").pids
+    assert set(torch_pids).isdisjoint(deepspeed_pids)
+    assert pools.get(1, "torch").pids == torch_pids  # reused; now the most recently used
+    other = pools.get(1, "fairscale").pids  # a third pool: the least recently used (deepspeed) goes
+    assert all(gone(pid) for pid in deepspeed_pids)
+    assert pools.get(1, "torch").pids == torch_pids and pools.started == 3
+    pools.close()
+    assert all(gone(pid) for pid in torch_pids + other)
