@@ -60,7 +60,7 @@ def test_train(case, run_case, check_parity, relative_to):
 @pytest.mark.deepspeed
 @pytest.mark.parametrize("world_size", [2, pytest.param(4, marks=pytest.mark.full)], ids=lambda n: f"w{n}")
 @pytest.mark.parametrize("strategy", SHARDED)
-def test_partitioned_state(strategy, world_size, measured):
+def test_partitioned_state(strategy, world_size, measured, record_property):
     """Per rank, ZeRO-1/2/3 hold 1/world of ZeRO-0's optimizer state, and ZeRO-3 1/world of its parameters."""
     zero0 = measured(Case("deepspeed-zero0", "adamw", "gpt2-text", world_size))
     sharded = measured(Case(strategy, "adamw", "gpt2-text", world_size))
@@ -68,6 +68,7 @@ def test_partitioned_state(strategy, world_size, measured):
     for mine, full in zip(sharded.ranks, zero0.ranks):
         for category in categories:
             ratio = mine.state_bytes[category] / full.state_bytes[category]
+            record_property(f"rank{mine.rank}_{category}_ratio", round(ratio, 6))  # in --junitxml reports
             assert ratio == pytest.approx(1 / world_size, rel=0.01), (
                 f"rank {mine.rank} {category}: {mine.state_bytes[category]} B under {strategy}, "
                 f"{full.state_bytes[category]} B under ZeRO-0: ratio {ratio:.4f}, expected 1/{world_size}")
