@@ -36,6 +36,18 @@ _GRADIENT_BUFFERS = ("averaged_gradients", "grads_in_partition", "grad_partition
                      "fp32_groups_gradients_flat", "ipg_buffer")
 
 
+def _check_known(cls: type[Strategy], options: Mapping[str, object]) -> None:
+    unknown = set(options) - set(cls.option_names)
+    if unknown:
+        raise ValueError(f"{cls.name}: unknown option(s) {sorted(unknown)}; known: {', '.join(cls.option_names)}")
+
+
+def _check_integer(cls: type[Strategy], options: Mapping[str, object], key: str, least: int, what: str) -> None:
+    value = options.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+        raise ValueError(f"{cls.name}: {key} is {what} (an integer ≥ {least}), got {value!r}")
+
+
 def avoid_shared_memory_allreduce() -> None:
     """Keep DeepSpeed from JIT-building its shared-memory all-reduce (~90 s cold) when it wraps our group.
 
@@ -75,19 +87,14 @@ class DeepSpeedZero(Strategy):
 
     @classmethod
     def validate_options(cls, options: Mapping[str, object]) -> None:
-        unknown = set(options) - set(cls.option_names)
-        if unknown:
-            raise ValueError(f"{cls.name}: unknown option(s) {sorted(unknown)}; known: {', '.join(cls.option_names)}")
+        _check_known(cls, options)
         for key in _STAGE3_OPTIONS:
             if options.get(key) and cls.stage != 3:
                 raise ValueError(f"{cls.name}: option {key!r} is a ZeRO-3 option; use deepspeed-zero3")
         if options.get("offload") and cls.stage == 0:
             raise ValueError(f"{cls.name}: offload_optimizer needs ZeRO ≥ 1; use deepspeed-zero1, -zero2 or -zero3")
-        for key, least, what in (("hpz", 2, "the secondary partition's size in ranks"),
-                                 ("bucket", 1, "the reduce/all-gather bucket size in elements")):
-            value = options.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
-                raise ValueError(f"{cls.name}: {key} is {what} (an integer ≥ {least}), got {value!r}")
+        _check_integer(cls, options, "hpz", 2, "the secondary partition's size in ranks")
+        _check_integer(cls, options, "bucket", 1, "the reduce/all-gather bucket size in elements")
 
     @classmethod
     def requirements(cls, precision: str, options: Mapping[str, object] = ()) -> Requirements:
@@ -241,13 +248,8 @@ class DeepSpeedPipe(DeepSpeedZero):
 
     @classmethod
     def validate_options(cls, options: Mapping[str, object]) -> None:
-        unknown = set(options) - set(cls.option_names)
-        if unknown:
-            raise ValueError(f"{cls.name}: unknown option(s) {sorted(unknown)}; known: {', '.join(cls.option_names)}")
-        chunks = options.get("chunks", cls.default_chunks)
-        if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
-            raise ValueError(f"{cls.name}: chunks is the number of micro-batches per step (an integer ≥ 1), "
-                             f"got {chunks!r}")
+        _check_known(cls, options)
+        _check_integer(cls, options, "chunks", 1, "the number of micro-batches per step")
 
     def data_parallel(self) -> tuple[int, int]:
         return 0, 1  # every stage sees the whole batch: the first takes inputs, the last labels
