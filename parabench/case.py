@@ -85,9 +85,13 @@ class Case:
     def total_steps(self) -> int:
         return self.warmup_steps + self.steps
 
-    def reference(self) -> "Case":
-        """The one-process case on the same global batch, data, seed and precision."""
-        return replace(self, strategy="single", world_size=1, grad_accum=1, options=())
+    def reference(self, optimizer: str | None = None) -> "Case":
+        """The one-process case on the same global batch, data, seed and precision.
+
+        ``optimizer``: the one-process twin of a distributed optimizer (see ``OptimizerSpec.twin``).
+        """
+        return replace(self, strategy="single", world_size=1, grad_accum=1, options=(),
+                       optimizer=optimizer or self.optimizer)
 
     def with_steps(self, steps: int | None = None, warmup_steps: int | None = None) -> "Case":
         return replace(self, steps=self.steps if steps is None else steps,

@@ -16,6 +16,7 @@ from parabench.case import Case
 class KnownDeviation:
     pattern: str  # fnmatch pattern over case ids
     reason: str
+    device: str | None = None  # where it was measured to deviate ("cpu", "cuda"); None: everywhere
 
 
 KNOWN_DEVIATIONS = (
@@ -28,6 +29,55 @@ KNOWN_DEVIATIONS = (
         "FSDP1 hands the optimizer 1-D flat shards and torch.optim.Adafactor factors its second moment only "
         "for ≥2-D parameters, so the update is not the one-process update (gpt2-text fp32: |Δloss| 0.19 at "
         "step 1, 0.25 max over 22 steps). Inherent to flat parameters; kept to show the deviation."),
+    # ColossalAI 0.5.0 (2 ranks, gpt2-text 42 steps / vit-digits 62 steps unless said otherwise).
+    KnownDeviation(
+        "colossalai-hybrid-dist-came-*",
+        "DistributedCAME drifts from CAME from step 2 on (upstream: distributed_came.py re-points exp_avg_res_row/col "
+        "at exp_avg_sq_row/col after the first step, and rescales the 1-D parameters' exp_avg in place through an "
+        "alias); under tp=2, |Δloss| 0.053 at step 1 of the loss curve and 0.54 max. Remove when the case passes."),
+    KnownDeviation(
+        "colossalai-hybrid-*adafactor-vit_digits-*",
+        "DistributedAdaFactor fails on ViT's tensor-parallel model (RuntimeError: output with shape [1] doesn't "
+        "match the broadcast shape [1, 1]), upstream. Remove when the case passes."),
+    KnownDeviation(
+        "colossalai-hybrid-*adafactor-gpt2_text-w2-fp32-tp2",
+        "DistributedAdaFactor on GPT-2's tensor-parallel layers (fused qkv Conv1D, vocab-parallel embedding) leaves "
+        "one process's Adafactor by 1.1e-5 at step 5 and 8.3e-5 max over 102 steps, while on Linear1D_Col/Row "
+        "layers it agrees to 1e-5 (tests/test_dist_optimizers.py). Remove when the case passes.", device="cpu"),
+    KnownDeviation(
+        "colossalai-lowlevelzero2-dist-adafactor-gpt2_text-*",
+        "DistributedAdaFactor on LowLevelZero-2's flat shards learns less than Adafactor under TorchDDP in the same "
+        "102 steps: loss first-quarter 5.309, last-quarter 5.253 (< 5 % fall). Remove when the case passes.",
+        device="cpu"),
+    KnownDeviation(
+        "colossalai-hybrid-dist-lamb-gpt2_text-w2-fp32-tp2",
+        "DistributedLamb's tensor-parallel trust-ratio norms (all-reduced partial sums) leave one process's Lamb "
+        "by 1.0e-5 at step 2 and 6.3e-5 max; on Linear1D_Col/Row layers it agrees to 1e-5 after 5 steps "
+        "(tests/test_dist_optimizers.py). Remove when the case passes.", device="cpu"),
+    KnownDeviation(
+        "colossalai-torch-ddp-came-gpt2_text-w2-fp32",
+        "CAME under DDP leaves one process by 3.3e-5 at step 29 and 1.4e-3 max: its confidence term divides by "
+        "(update − exp_avg)² + 1e-16 and amplifies the all-reduce's rounding; Adam, AdamW, LAMB and LARS on the "
+        "same case stay within 1e-5. Remove when the case passes.", device="cpu"),
+    KnownDeviation(
+        "colossalai-lowlevelzero?-adamw-vit_digits-w2-bf16",
+        "LowLevelZero trains bf16 weights (fp32 master shards) while the one-process bf16 reference autocasts "
+        "fp32 weights: |Δloss| 0.055 at step 59 of 62 (tolerance 0.02 + 1 %). Remove when the case passes.",
+        device="cpu"),
+    KnownDeviation(
+        "colossalai-torch-fsdp-adam-vit_digits-w2-bf16",
+        "FSDP MixedPrecision computes with bf16 parameters while the one-process bf16 reference autocasts fp32 "
+        "weights: |Δloss| 0.038 at step 59 of 62 (tolerance 0.02 + 1 %). Remove when the case passes.",
+        device="cpu"),
+    KnownDeviation(
+        "colossalai-hybrid-adamw-vit_digits-w2-bf16-tp2",
+        "HybridParallel bf16 trains bf16 weights while the one-process bf16 reference autocasts fp32 weights: "
+        "|Δloss| 0.045 at step 52 of 62 (tolerance 0.02 + 1 %). Remove when the case passes.", device="cpu"),
+    KnownDeviation(
+        "colossalai-torch-fsdp-adamw-*",
+        "colossalai 0.5.0 TorchFSDPPlugin re-initialises the optimizer with `optimizer.__init__(params, "
+        "**optimizer.defaults)`; torch's AdamW keeps `decoupled_weight_decay` in its defaults but does not take it "
+        "(TypeError). Adam and SGD run. Remove when the case passes."),
     KnownDeviation(
         "deepspeed-zero0-*-bf16*",
         "deepspeed 0.19.8: ZeRO-0 in bf16 (FP16_Optimizer in bf16 mode) leaves the one-process bf16 run by "
@@ -36,8 +86,10 @@ KNOWN_DEVIATIONS = (
 )
 
 
-def known_deviation(case: Case) -> KnownDeviation | None:
+def known_deviation(case: Case, device: str | None = None) -> KnownDeviation | None:
     for deviation in KNOWN_DEVIATIONS:
+        if deviation.device not in (None, device):
+            continue
         if fnmatch.fnmatchcase(case.id, deviation.pattern):
             return deviation
     return None

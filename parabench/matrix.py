@@ -61,3 +61,8 @@ def skip_reason(case: Case, machine: Machine) -> str | None:
         if reason:
             return reason
     return None
+
+
+def reference_of(case: Case) -> Case:
+    """The one-process case ``case`` is checked against (a distributed optimizer's twin stands in for it)."""
+    return case.reference(OPTIMIZERS.get(case.optimizer).twin)

@@ -23,6 +23,8 @@ class OptimizerSpec:
     cls: Callable[..., torch.optim.Optimizer]
     kwargs: dict[str, Any] = field(default_factory=dict)
     requires: Requirements = Requirements()
+    # A distributed optimizer's one-process twin: the entry that computes the same update on full tensors.
+    twin: str | None = None
 
     def build(self, params: Iterable[torch.nn.Parameter] | Iterable[dict]) -> torch.optim.Optimizer:
         return self.cls(params, **self.kwargs)
@@ -69,3 +71,75 @@ OPTIMIZERS.add("ds-cpuadam", OptimizerSpec(
 OPTIMIZERS.add("ds-fusedadam", OptimizerSpec(
     "ds-fusedadam", _deepspeed_fused_adam, dict(lr=1e-3, weight_decay=0.01, adam_w_mode=True),
     Requirements(packages=("deepspeed",), cuda=True, why_cuda=("FusedAdam is a CUDA kernel",))))
+
+
+# ColossalAI's optimizers. The plugins that know them (HybridParallel, LowLevelZero) swap Adafactor,
+# LAMB and CAME for their distributed forms and set those up on their process groups themselves;
+# the ``dist-*`` entries build the distributed form directly.
+_COLOSSALAI = Requirements(packages=("colossalai",))
+
+
+def _colossalai(name: str) -> Callable[..., torch.optim.Optimizer]:
+    def build(params, **kwargs):
+        import colossalai.nn.optimizer as optimizers
+
+        from parabench.colossalai_cpu import ensure_cpu_patches
+
+        ensure_cpu_patches()  # CPUAdam/HybridAdam's CPU kernel; no-op with CUDA
+        galore = {key: kwargs.pop(key) for key in ("rank", "update_proj_gap", "scale", "proj_type") if key in kwargs}
+        if galore:
+            params = galore_groups(params, **galore)
+        return getattr(optimizers, name)(params, **kwargs)
+
+    build.__qualname__ = build.__name__ = f"colossalai.nn.optimizer.{name}"
+    return build
+
+
+def galore_groups(params: Iterable[torch.nn.Parameter], **projection: Any) -> list[dict]:
+    """GaLore's param groups: matrices get the low-rank gradient projection, the rest plain AdamW."""
+    params = list(params)
+    matrices = [p for p in params if p.dim() == 2]
+    return [{"params": matrices, **projection}, {"params": [p for p in params if p.dim() != 2]}]
+
+
+def _colossalai_entry(name: str, class_name: str, needs: Requirements = Requirements(), twin: str | None = None,
+                      **kwargs: Any) -> None:
+    OPTIMIZERS.add(name, OptimizerSpec(name, _colossalai(class_name), kwargs, _COLOSSALAI + needs, twin))
+
+
+# ColossalAI 0.5.0's Adafactor and DistributedAdaFactor set ``lr = None`` first thing in __init__, so only
+# their relative step size works: min(1e-2, 1/sqrt(step)) times the parameter's RMS (their defaults).
+_ADAFACTOR: dict[str, Any] = {}
+_LAMB = dict(lr=1e-2, weight_decay=0.01, bias_correction=True)  # Lamb's default is False, DistributedLamb's True
+_ADAM_KERNEL = Requirements(probes=(_compiler,))  # its CPU kernel is JIT-built (~90 s once, cached)
+_colossalai_entry("hybrid-adam", "HybridAdam", _ADAM_KERNEL, lr=1e-3, weight_decay=0.01)
+_colossalai_entry("cpu-adam", "CPUAdam", _ADAM_KERNEL, lr=1e-3, weight_decay=0.01)
+_colossalai_entry("lamb", "Lamb", **_LAMB)
+# LARS scales each layer's step by eeta·‖w‖/‖g‖ (eeta 1e-3), so its base rate is large.
+_colossalai_entry("lars", "Lars", lr=1.0, momentum=0.9, weight_decay=1e-4)
+_colossalai_entry("came", "CAME", lr=1e-3)
+_colossalai_entry("colossalai-adafactor", "Adafactor", **_ADAFACTOR)
+_colossalai_entry("dist-adafactor", "DistributedAdaFactor", twin="colossalai-adafactor", **_ADAFACTOR)
+_colossalai_entry("dist-lamb", "DistributedLamb", twin="lamb", **_LAMB)
+_colossalai_entry("dist-came", "DistributedCAME", twin="came", lr=1e-3)
+# GaLore's low-rank projection with full-precision AdamW states (galore-torch), and ColossalAI's 8-bit form.
+def _bitsandbytes_takes_percentile_clipping() -> str | None:
+    """ColossalAI 0.5.0's GaLoreAdamW8bit passes ``percentile_clipping`` to bitsandbytes' Optimizer2State."""
+    import importlib.metadata
+    import inspect
+
+    try:
+        from bitsandbytes.optim.optimizer import Optimizer2State
+    except ImportError:
+        return "needs the package 'bitsandbytes' (pip install bitsandbytes)"
+    if "percentile_clipping" in inspect.signature(Optimizer2State.__init__).parameters:
+        return None
+    return (f"passes percentile_clipping to bitsandbytes' Optimizer2State, which the installed bitsandbytes "
+            f"{importlib.metadata.version('bitsandbytes')} no longer takes (install an older bitsandbytes)")
+
+
+_GALORE = dict(lr=1e-3, rank=16, update_proj_gap=50, scale=0.25, proj_type="std")
+_colossalai_entry("galore-adamw", "GaLoreAdamW", **_GALORE)
+_colossalai_entry("galore", "GaLoreAdamW8bit", Requirements(
+    cuda=True, why_cuda=("GaLoreAdamW8bit keeps 8-bit states in bitsandbytes' CUDA kernels",),
+    probes=(_bitsandbytes_takes_percentile_clipping,)), **_GALORE)

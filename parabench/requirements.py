@@ -63,7 +63,8 @@ def package_available(name: str) -> bool:
 
 _INSTALL_HINT = {
     "deepspeed": "pip install -c constraints.txt -e '.[deepspeed]'",
-    "colossalai": "see README: installing ColossalAI",
+    "colossalai": "pip install -c constraints.txt -e '.[colossalai]' and then "
+                  "pip install --no-deps -c constraints.txt colossalai galore-torch bitsandbytes (README, Set-up)",
     "fairscale": "pip install -c constraints.txt -e '.[fairscale]'",
 }
 

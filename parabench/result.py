@@ -28,6 +28,7 @@ class RankResult:
     workload: dict[str, Any]          # what the data and model were (see Workload.describe)
     fingerprint: str
     calibration_seconds: float = 0.0  # the fixed compute step on this rank just before the case
+    patches: tuple[str, ...] = ()     # upstream workarounds in force in this rank (parabench.patches)
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class CaseResult:
             "fingerprint": self.ranks[0].fingerprint,
             "calibration_seconds": self.calibration_seconds,
             "calibration_seconds_per_rank": [r.calibration_seconds for r in self.ranks],
+            "patches": sorted({name for r in self.ranks for name in r.patches}),
             **self.environment,
         }
 

@@ -12,6 +12,7 @@ from parabench.case import Case, shard_bounds, split_batch
 from parabench.inject import Perturbation
 from parabench.measure import StepTimer, profiled_peak_bytes, rss_bytes, state_bytes
 from parabench.optimizers import OPTIMIZERS
+from parabench.patches import in_force as patches_in_force
 from parabench.result import RankResult
 from parabench.strategies import STRATEGIES, RankContext, Strategy
 from parabench.workloads import WORKLOADS, Batch, Workload, step_indices
@@ -102,7 +103,7 @@ def run_case(context: RankContext, case: Case, perturbation: Perturbation | None
                           setup_seconds=setup_seconds, state_bytes=state, peak_allocated_bytes=peak,
                           cuda_max_reserved_bytes=reserved, rss_bytes=rss_bytes(),
                           workload=workload.describe(), fingerprint=workload.fingerprint(),
-                          calibration_seconds=calibration)
+                          calibration_seconds=calibration, patches=patches_in_force())
     finally:
         # Dropping the references frees most of it; the worker runs the (slow, ~0.25 s) cycle
         # collection after answering, while the controller records the result.

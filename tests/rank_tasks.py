@@ -61,3 +61,10 @@ def process_gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
+
+
+def dist_optimizer_parity(context, optimizer: str, layout: str, out_features: int, in_features: int,
+                          steps: int) -> list[float]:
+    from parabench.optimizer_step import parity_on_ranks
+
+    return parity_on_ranks(context, optimizer, layout, out_features, in_features, steps)

@@ -26,6 +26,7 @@ from parabench.optimizers import OptimizerSpec
 from parabench.precision import dtype_of
 from parabench.requirements import Requirements
 from parabench.strategies.base import LossFn, RankContext, Strategy
+from parabench.strategies.options import check_integer, check_known
 from parabench.workloads import Batch, Workload
 
 # The ZeRO++ quantizers are CUDA kernels (DeepSpeed's QuantizerBuilder); DESIGN §6 saw them fail on CPU.
@@ -34,18 +35,6 @@ _STAGE3_OPTIONS = ("offload_param", "hpz", "qw", "qg")
 # Gradient buffers the ZeRO optimizers keep between steps, by attribute (absent ones are skipped).
 _GRADIENT_BUFFERS = ("averaged_gradients", "grads_in_partition", "grad_partitions_flat_buffer",
                      "fp32_groups_gradients_flat", "ipg_buffer")
-
-
-def _check_known(cls: type[Strategy], options: Mapping[str, object]) -> None:
-    unknown = set(options) - set(cls.option_names)
-    if unknown:
-        raise ValueError(f"{cls.name}: unknown option(s) {sorted(unknown)}; known: {', '.join(cls.option_names)}")
-
-
-def _check_integer(cls: type[Strategy], options: Mapping[str, object], key: str, least: int, what: str) -> None:
-    value = options.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
-        raise ValueError(f"{cls.name}: {key} is {what} (an integer ≥ {least}), got {value!r}")
 
 
 def avoid_shared_memory_allreduce() -> None:
@@ -87,14 +76,14 @@ class DeepSpeedZero(Strategy):
 
     @classmethod
     def validate_options(cls, options: Mapping[str, object]) -> None:
-        _check_known(cls, options)
+        check_known(cls, options)
         for key in _STAGE3_OPTIONS:
             if options.get(key) and cls.stage != 3:
                 raise ValueError(f"{cls.name}: option {key!r} is a ZeRO-3 option; use deepspeed-zero3")
         if options.get("offload") and cls.stage == 0:
             raise ValueError(f"{cls.name}: offload_optimizer needs ZeRO ≥ 1; use deepspeed-zero1, -zero2 or -zero3")
-        _check_integer(cls, options, "hpz", 2, "the secondary partition's size in ranks")
-        _check_integer(cls, options, "bucket", 1, "the reduce/all-gather bucket size in elements")
+        check_integer(cls, options, "hpz", 2, "the secondary partition's size in ranks")
+        check_integer(cls, options, "bucket", 1, "the reduce/all-gather bucket size in elements")
 
     @classmethod
     def requirements(cls, precision: str, options: Mapping[str, object] = ()) -> Requirements:
@@ -248,8 +237,8 @@ class DeepSpeedPipe(DeepSpeedZero):
 
     @classmethod
     def validate_options(cls, options: Mapping[str, object]) -> None:
-        _check_known(cls, options)
-        _check_integer(cls, options, "chunks", 1, "the number of micro-batches per step")
+        check_known(cls, options)
+        check_integer(cls, options, "chunks", 1, "the number of micro-batches per step")
 
     def data_parallel(self) -> tuple[int, int]:
         return 0, 1  # every stage sees the whole batch: the first takes inputs, the last labels

@@ -49,6 +49,15 @@ class Workload(ABC):
                              f"use the option with a transformers workload (gpt2-text, vit-digits)")
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
+    # Pipeline schedules that run the model and its loss apart (ColossalAI's ``execute_pipeline``).
+    def model_inputs(self, batch: Batch) -> Batch:
+        """``batch`` as the keyword arguments of the model's forward."""
+        raise ValueError(f"{self.name} does not split its loss from its forward; use a workload that does (gpt2-text)")
+
+    def loss_of_outputs(self, outputs: Any, inputs: Batch) -> torch.Tensor:
+        """The mean loss from the model's ``outputs`` on ``inputs`` (as ``model_inputs`` made them)."""
+        raise ValueError(f"{self.name} does not split its loss from its forward")
+
     # Pipeline parallelism (DeepSpeed's PipelineModule): the model as a sequence of layers.
     def pipeline_layers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
         """``model`` as layers applied in order to ``pipeline_io``'s inputs, ending in the logits."""

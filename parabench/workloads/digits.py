@@ -94,6 +94,12 @@ class VitDigits(_DigitsWorkload):
     def logits(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         return model(pixel_values=batch["pixels"].view(-1, 1, 8, 8)).logits
 
+    def model_inputs(self, batch: Batch) -> Batch:
+        return {"pixel_values": batch["pixels"].view(-1, 1, 8, 8), "labels": batch["label"]}
+
+    def loss_of_outputs(self, outputs: Any, inputs: Batch) -> torch.Tensor:
+        return outputs.loss  # the model's cross-entropy over its logits and ``labels``
+
     def model_config(self) -> dict[str, Any]:
         config = self.config().to_dict()
         config.pop("transformers_version", None)  # a version bump alone does not change the data or model

@@ -71,6 +71,14 @@ class Gpt2Text(TensorWorkload):
     def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         return model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
 
+    def model_inputs(self, batch: Batch) -> Batch:
+        # ColossalAI's shardformer GPT-2 forward reads the attention mask's length: pass the full mask.
+        ids = batch["input_ids"]
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+
+    def loss_of_outputs(self, outputs: Any, inputs: Batch) -> torch.Tensor:
+        return outputs.loss  # the model shifts the labels itself
+
     def describe(self) -> dict[str, Any]:
         config = self.config().to_dict()
         config.pop("transformers_version", None)

@@ -1,0 +1,71 @@
+"""ColossalAI's booster plugins and optimizers, against one process (and LowLevelZero against TorchDDP)."""
+
+import pytest
+
+from parabench.case import Case
+from parabench.checks import assert_loss_decreases
+from parabench.matrix import cases, params
+
+DDP, FSDP = "colossalai-torch-ddp", "colossalai-torch-fsdp"
+ZERO = ["colossalai-lowlevelzero1", "colossalai-lowlevelzero2"]
+GEMINI, HYBRID = "colossalai-gemini", "colossalai-hybrid"
+CPU_PLUGINS = [DDP, FSDP, *ZERO]
+
+CASES = (
+    # The seed: ViT under each plugin (torch_ddp, torch_ddp_fp16, low_level_zero, gemini, hybrid_parallel).
+    params(cases(CPU_PLUGINS, ["adamw"], ["vit-digits"], steps=60))
+    + params(cases([FSDP], ["adam"], ["vit-digits"], steps=60))
+    + params(cases([GEMINI], ["hybrid-adam"], ["vit-digits"], steps=60))
+    + params(cases([HYBRID], ["adamw"], ["vit-digits"], steps=60, options={"tp": 2}))
+    # A language model under every plugin and precision; SGD shows a wrong gradient scale.
+    + params(cases(CPU_PLUGINS, ["adamw", "sgd"], ["gpt2-text"]))
+    + params(cases([FSDP], ["adam"], ["gpt2-text"]))
+    + params(cases(["colossalai-lowlevelzero2"], ["adamw"], ["gpt2-text"], precisions=["fp32"],
+                   options={"offload": True}))
+    + params(cases([DDP, *ZERO], ["sgd"], ["gpt2-text"], precisions=["fp32"], grad_accum=2))
+    # Gemini: static placement (default, and everything sharded and offloaded) and auto placement.
+    + params(cases([GEMINI], ["hybrid-adam"], ["gpt2-text"]))
+    + params(cases([GEMINI], ["hybrid-adam"], ["gpt2-text"], options={"placement": "auto"}))
+    + params(cases([GEMINI], ["hybrid-adam"], ["gpt2-text"],
+                   options={"shard": 1.0, "offload_optim": 1.0, "offload_param": 1.0}))
+    # HybridParallel: tensor parallel, pipeline (4 micro-batches) and ZeRO-1 over the data-parallel ranks.
+    + params(cases([HYBRID], ["adamw"], ["gpt2-text"], options={"tp": 2}))
+    + params(cases([HYBRID], ["adamw"], ["gpt2-text"], precisions=["fp32", "bf16"], options={"pp": 2}))
+    + params(cases([HYBRID], ["adamw"], ["gpt2-text"], precisions=["bf16", "fp16"], options={"zero": 1}))
+    + params(cases([HYBRID], ["adamw"], ["gpt2-text"], world_sizes=[4], precisions=["bf16"],
+                   options={"tp": 2, "zero": 1}), pytest.mark.full)
+    + params(cases([HYBRID], ["adamw"], ["gpt2-text"], world_sizes=[4], precisions=["fp32"],
+                   options={"tp": 2, "pp": 2}), pytest.mark.full)
+    # ColossalAI's optimizers with the plugins they fit. HybridParallel swaps Adafactor, LAMB and CAME for
+    # their distributed forms on its tensor-parallel shards; the dist-* entries are those forms built directly.
+    + params(cases([DDP], ["hybrid-adam", "cpu-adam", "lamb", "lars", "came", "galore-adamw", "galore"],
+                   ["gpt2-text"], precisions=["fp32"]))
+    + params(cases(["colossalai-lowlevelzero2"], ["hybrid-adam", "lamb"], ["gpt2-text"], precisions=["fp32"]))
+    + params(cases([HYBRID], ["dist-lamb", "dist-came"], ["gpt2-text"], precisions=["fp32"], options={"tp": 2}))
+    # Adafactor's relative step (scaled by each parameter's RMS) is small: it needs more steps to learn.
+    + params(cases([DDP], ["colossalai-adafactor"], ["gpt2-text"], precisions=["fp32"], steps=100))
+    + params(cases(["colossalai-lowlevelzero2"], ["dist-adafactor"], ["gpt2-text"], precisions=["fp32"], steps=100))
+    + params(cases([HYBRID], ["colossalai-adafactor", "dist-adafactor"], ["gpt2-text", "vit-digits"],
+                   precisions=["fp32"], steps=100, options={"tp": 2}))
+)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_train(case, run_case, check_parity):
+    result = run_case(case)
+    assert_loss_decreases(result.losses)
+    check_parity(result)
+
+
+@pytest.mark.colossalai
+@pytest.mark.parametrize("stage", ZERO)
+def test_lowlevelzero_partitions_optimizer_state(stage, measured, record_property):
+    """Per rank, LowLevelZero holds half of TorchDDP's optimizer state on 2 ranks (its flat shards are padded)."""
+    ddp = measured(Case(DDP, "adamw", "gpt2-text", 2))
+    zero = measured(Case(stage, "adamw", "gpt2-text", 2))
+    for mine, full in zip(zero.ranks, ddp.ranks):
+        ratio = mine.state_bytes["optimizer"] / full.state_bytes["optimizer"]
+        record_property(f"rank{mine.rank}_optimizer_ratio", round(ratio, 6))
+        assert ratio == pytest.approx(0.5, rel=0.01), (
+            f"rank {mine.rank}: {mine.state_bytes['optimizer']} B of optimizer state under {stage}, "
+            f"{full.state_bytes['optimizer']} B under {DDP}: ratio {ratio:.4f}, expected 1/2")

@@ -1,0 +1,305 @@
+"""ColossalAI's booster plugins: TorchDDP, TorchFSDP, LowLevelZero 1/2, Gemini and HybridParallel.
+
+Every strategy builds its plugin, hands model and optimizer to ``Booster.boost`` and trains through the
+booster's ``backward`` (and ``execute_pipeline`` when the hybrid plugin pipelines). On a machine without
+CUDA the rank first applies ``parabench.colossalai_cpu``'s patches (recorded in the result).
+
+Case options, as they read in ids:
+
+- ``offload`` (LowLevelZero): master weights, gradients and optimizer state on the CPU (``cpu_offload``)
+- ``placement`` (Gemini): ``static`` (default) or ``auto``; ``shard``, ``offload_optim``, ``offload_param``:
+  Gemini's static fractions (``shard_param_frac``, ``offload_optim_frac``, ``offload_param_frac``), 0…1
+- ``tp``, ``pp``, ``zero`` (hybrid): tensor- and pipeline-parallel sizes and the ZeRO stage of the
+  data-parallel ranks that remain; ``chunks``: micro-batches per step under ``pp`` (default 4)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ClassVar, Iterable, Mapping
+
+import torch
+import torch.distributed as dist
+
+from parabench.measure import optimizer_state_tensors
+from parabench.optimizers import OptimizerSpec
+from parabench.precision import dtype_of
+from parabench.requirements import Requirements
+from parabench.strategies.base import LossFn, Strategy, block_classes
+from parabench.strategies.options import check_integer, check_known
+from parabench.workloads import Batch, Workload
+
+
+class ColossalAIBooster(Strategy):
+    """A ColossalAI plugin behind ``Booster``; subclasses build the plugin."""
+
+    family = "colossalai"
+    requires = Requirements(packages=("colossalai",), min_world_size=2)
+    option_names: ClassVar[tuple[str, ...]] = ("inject",)
+    # The booster's own mixed precision (``Booster(mixed_precision=…)``) for the plugins that do not
+    # control precision themselves, by case precision.
+    booster_precision: ClassVar[Mapping[str, str]] = {}
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, object]) -> None:
+        check_known(cls, options)
+
+    def plugin(self, model: torch.nn.Module, workload: Workload):
+        """The plugin of this case (``model`` is the unwrapped model, built from the case's seed)."""
+        raise NotImplementedError
+
+    def setup(self, model: torch.nn.Module, optimizer: OptimizerSpec, workload: Workload) -> None:
+        from colossalai.booster import Booster
+
+        from parabench.colossalai_cpu import ensure_cpu_patches
+
+        ensure_cpu_patches()
+        self.workload = workload
+        model = model.to(self.context.device)
+        self.plugin_instance = self.plugin(model, workload)
+        self.booster = Booster(plugin=self.plugin_instance, mixed_precision=self.booster_precision.get(self.precision))
+        self.model, self.optimizer, *_ = self.booster.boost(model, optimizer.build(model.parameters()))
+
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        if self.plugin_instance.support_no_sync():
+            return self.booster.no_sync(self.model, self.optimizer)
+        return contextlib.nullcontext()  # the plugin reduces in every backward; gradients still accumulate
+
+    def train_step(self, micro_batches: list[Batch], loss_fn: LossFn) -> torch.Tensor:
+        self.optimizer.zero_grad()
+        count, losses = len(micro_batches), []
+        for i, batch in enumerate(micro_batches):
+            with (contextlib.nullcontext() if i == count - 1 else self.no_sync()):
+                loss = loss_fn(self.model, batch)
+                self.booster.backward(loss / count if count > 1 else loss, self.optimizer)
+            losses.append(loss.detach().float())
+        self.optimizer.step()
+        return losses[0] if count == 1 else torch.stack(losses).mean()
+
+    def base_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer that holds the state (inside ColossalAI's wrapper)."""
+        return getattr(self.optimizer, "optim", self.optimizer)
+
+    def state_tensors(self) -> dict[str, Iterable[object]]:
+        """params: the module's parameters as held; master: what the inner optimizer updates (LowLevelZero:
+        this rank's fp32 flat shards); grads: both kinds' gradients; optimizer: the inner optimizer's state."""
+        module = self.model.unwrap() if hasattr(self.model, "unwrap") else self.model
+        params = list(module.parameters())
+        base = self.base_optimizer()
+        master = [p for group in base.param_groups for p in group["params"]]
+        return {"params": params, "master": master, "grads": [p.grad for p in params + master],
+                "optimizer": list(optimizer_state_tensors(base))}
+
+    def teardown(self) -> None:
+        for attribute in ("booster", "plugin_instance", "workload"):
+            self.__dict__.pop(attribute, None)
+        super().teardown()
+
+
+class ColossalAITorchDDP(ColossalAIBooster):
+    """``TorchDDPPlugin``: torch DDP behind the booster; fp16 through the booster's torch AMP (CUDA)."""
+
+    name = "colossalai-torch-ddp"
+    precisions = ("fp32", "fp16")  # 0.5.0's booster bf16 (BF16MixedPrecision) is an empty placeholder
+    booster_precision = {"fp16": "fp16"}
+
+    def plugin(self, model: torch.nn.Module, workload: Workload):
+        from colossalai.booster.plugin import TorchDDPPlugin
+
+        return TorchDDPPlugin()
+
+
+class ColossalAITorchFSDP(ColossalAIBooster):
+    """``TorchFSDPPlugin``: torch FSDP1, one flat parameter per workload block; bf16/fp16 as FSDP mixed precision.
+
+    The plugin re-initialises the optimizer on FSDP's parameters with ``**optimizer.defaults``.
+    """
+
+    name = "colossalai-torch-fsdp"
+    precisions = ("fp32", "bf16", "fp16")
+
+    def plugin(self, model: torch.nn.Module, workload: Workload):
+        from colossalai.booster.plugin import TorchFSDPPlugin
+        from torch.distributed.fsdp import MixedPrecision
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+        kwargs: dict[str, Any] = {}
+        blocks = block_classes(model, workload.block_types)
+        if blocks:
+            kwargs["auto_wrap_policy"] = ModuleWrapPolicy(blocks)
+        if self.precision != "fp32":
+            dtype = dtype_of(self.precision)
+            kwargs["mixed_precision"] = MixedPrecision(param_dtype=dtype, reduce_dtype=dtype, buffer_dtype=dtype)
+        return TorchFSDPPlugin(**kwargs)
+
+
+class ColossalAILowLevelZero(ColossalAIBooster):
+    """``LowLevelZeroPlugin``: ZeRO over the data-parallel ranks, flat fp32 master shards per rank."""
+
+    stage: ClassVar[int]
+    precisions = ("fp32", "bf16", "fp16")
+    option_names = ("offload", "inject")
+
+    def plugin(self, model: torch.nn.Module, workload: Workload):
+        from colossalai.booster.plugin import LowLevelZeroPlugin
+
+        # Overlapping communication needs CUDA streams; on CPU it would be ordered anyway.
+        overlap = self.context.device.type == "cuda"
+        return LowLevelZeroPlugin(stage=self.stage, precision=self.precision, overlap_communication=overlap,
+                                  cpu_offload=bool(self.options.get("offload")))
+
+
+class ColossalAILowLevelZero1(ColossalAILowLevelZero):
+    """LowLevelZero stage 1: optimizer state and master weights partitioned."""
+
+    name = "colossalai-lowlevelzero1"
+    stage = 1
+
+
+class ColossalAILowLevelZero2(ColossalAILowLevelZero):
+    """LowLevelZero stage 2: gradients partitioned too."""
+
+    name = "colossalai-lowlevelzero2"
+    stage = 2
+
+
+_FRACTIONS = {"shard": "shard_param_frac", "offload_optim": "offload_optim_frac",
+              "offload_param": "offload_param_frac"}
+
+
+class ColossalAIGemini(ColossalAIBooster):
+    """``GeminiPlugin``: chunk-based ZeRO-3 with static (fractions) or ``auto`` (memory-tracing) placement."""
+
+    name = "colossalai-gemini"
+    requires = Requirements(packages=("colossalai",), min_world_size=2, cuda=True,
+                            why_cuda=("GeminiPlugin's chunk manager keeps and computes its chunks on CUDA",))
+    precisions = ("bf16", "fp16")  # Gemini keeps fp32 master chunks and computes in half precision
+    option_names = ("placement", "shard", "offload_optim", "offload_param", "inject")
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, object]) -> None:
+        check_known(cls, options)
+        placement = options.get("placement", "static")
+        if placement not in ("static", "auto"):
+            raise ValueError(f"{cls.name}: placement is 'static' or 'auto', got {placement!r}")
+        for key in _FRACTIONS:
+            value = options.get(key)
+            if value is not None and (isinstance(value, bool) or not 0 <= value <= 1):
+                raise ValueError(f"{cls.name}: {key} is a fraction from 0 to 1, got {value!r}")
+            if value is not None and placement == "auto":
+                raise ValueError(f"{cls.name}: {key} is a static-placement fraction; drop it or placement=auto")
+
+    def plugin(self, model: torch.nn.Module, workload: Workload):
+        from colossalai.booster.plugin import GeminiPlugin
+
+        fractions = {_FRACTIONS[key]: float(self.options[key]) for key in _FRACTIONS if key in self.options}
+        return GeminiPlugin(placement_policy=self.options.get("placement", "static"), precision=self.precision,
+                            **fractions)
+
+    def state_tensors(self) -> dict[str, Iterable[object]]:
+        # Gemini's parameters are chunk views; its fp32 master chunks and their state live in the chunk
+        # manager and the optimizer (HybridAdam's state keyed by the fp32 shards).
+        chunks = self.model.chunk_manager
+        params = [chunk.cuda_global_chunk for group in chunks.chunk_groups.values() for chunk in group
+                  if getattr(chunk, "cuda_global_chunk", None) is not None]
+        params += [chunk.cuda_shard for group in chunks.chunk_groups.values() for chunk in group
+                   if getattr(chunk, "cuda_shard", None) is not None]
+        base = self.base_optimizer()
+        return {"params": params, "optimizer": list(optimizer_state_tensors(base)),
+                "master": [p for group in base.param_groups for p in group["params"]]}
+
+
+class ColossalAIHybrid(ColossalAIBooster):
+    """``HybridParallelPlugin``: shardformer tensor parallelism (``tp``), pipeline stages (``pp``) and
+    data parallelism over the remaining ranks, with ZeRO stage ``zero`` (bf16/fp16 only) on those.
+
+    The plugin swaps optimizers that have a distributed form (Adafactor, LAMB, CAME, GaLore) for it
+    and sets it up on the tensor- and data-parallel groups.
+    """
+
+    name = "colossalai-hybrid"
+    precisions = ("fp32", "bf16", "fp16")
+    option_names = ("tp", "pp", "zero", "chunks", "inject")
+    default_chunks = 4
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, object]) -> None:
+        check_known(cls, options)
+        for key, what in (("tp", "the tensor-parallel size"), ("pp", "the number of pipeline stages"),
+                          ("chunks", "the number of micro-batches per step")):
+            check_integer(cls, options, key, 1, what)
+        check_integer(cls, options, "zero", 0, "the ZeRO stage of the data-parallel ranks (0, 1 or 2)")
+        if options.get("zero", 0) > 2:
+            raise ValueError(f"{cls.name}: zero is 0, 1 or 2 (the plugin's ZeRO stages), got {options['zero']}")
+
+    @classmethod
+    def requirements(cls, precision: str, options: Mapping[str, object] = ()) -> Requirements:
+        options = dict(options)
+        model_parallel = int(options.get("tp", 1)) * int(options.get("pp", 1))
+        return super().requirements(precision, options) + Requirements(world_size_multiple_of=model_parallel)
+
+    @property
+    def sizes(self) -> tuple[int, int, int]:
+        tp, pp = int(self.options.get("tp", 1)), int(self.options.get("pp", 1))
+        return tp, pp, self.context.world_size // (tp * pp)
+
+    def data_parallel(self) -> tuple[int, int]:
+        tp, pp, dp = self.sizes
+        return self.context.rank // (tp * pp), dp  # the plugin's mesh is (dp, pp, tp), dp outermost
+
+    @property
+    def chunks(self) -> int:
+        return int(self.options.get("chunks", self.default_chunks))
+
+    def set_batching(self, micro_batch: int, grad_accum: int) -> None:
+        if self.sizes[1] > 1 and (micro_batch * grad_accum) % self.chunks:
+            raise ValueError(f"{self.name}: a replica's batch of {micro_batch * grad_accum} does not split into "
+                             f"{self.chunks} pipeline chunks; choose a global batch divisible by "
+                             f"{self.chunks * self.sizes[2]}")
+        super().set_batching(micro_batch, grad_accum)
+
+    def plugin(self, model: torch.nn.Module, workload: Workload):
+        from colossalai.booster.plugin import HybridParallelPlugin
+
+        tp, pp, _ = self.sizes
+        zero = int(self.options.get("zero", 0))
+        if zero and self.precision == "fp32":
+            raise ValueError(f"{self.name}: ZeRO under the hybrid plugin needs bf16 or fp16 (the plugin asserts it)")
+        kwargs: dict[str, Any] = {}
+        if pp > 1:
+            kwargs["num_microbatches"] = self.chunks
+        return HybridParallelPlugin(tp_size=tp, pp_size=pp, zero_stage=zero, precision=self.precision,
+                                    overlap_communication=self.context.device.type == "cuda",
+                                    overlap_p2p=self.context.device.type == "cuda", **kwargs)
+
+    def train_step(self, micro_batches: list[Batch], loss_fn: LossFn) -> torch.Tensor:
+        if self.sizes[1] == 1:
+            # Shardformer's forwards take the model's own keyword inputs (GPT-2's needs its attention mask).
+            return super().train_step(micro_batches, self._loss)
+        whole = {key: torch.cat([batch[key] for batch in micro_batches]) for key in micro_batches[0]}
+        inputs = self.workload.model_inputs(whole)
+        self.optimizer.zero_grad()
+        out = self.booster.execute_pipeline(iter([inputs]), self.model, self.workload.loss_of_outputs,
+                                            self.optimizer, return_loss=True)
+        self.optimizer.step()
+        # Only the last stage computes the loss (the mean over the micro-batches).
+        loss = out["loss"]
+        return loss.detach().float() if loss is not None else torch.tensor(float("nan"))
+
+    def _loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        inputs = self.workload.model_inputs(batch)
+        return self.workload.loss_of_outputs(model(**inputs), inputs)
+
+    def global_loss(self, local_loss: torch.Tensor) -> float:
+        """The mean over the ranks that computed a loss (the last pipeline stage of each replica)."""
+        has_loss = not torch.isnan(local_loss)
+        totals = torch.tensor([local_loss.item() if has_loss else 0.0, float(has_loss)],
+                              dtype=torch.float64, device=self.context.device)
+        dist.all_reduce(totals)
+        return (totals[0] / totals[1]).item()
+
+    def teardown(self) -> None:
+        plugin = self.__dict__.get("plugin_instance")
+        super().teardown()
+        if plugin is not None:  # the plugin's mesh made tp/pp/dp groups; free them for the next case
+            plugin.pg_mesh.destroy_mesh_process_groups()
