@@ -197,15 +197,13 @@ class ColossalAIGemini(ColossalAIBooster):
                             **fractions)
 
     def state_tensors(self) -> dict[str, Iterable[object]]:
-        # Gemini's parameters are chunk views; its fp32 master chunks and their state live in the chunk
-        # manager and the optimizer (HybridAdam's state keyed by the fp32 shards).
-        chunks = self.model.chunk_manager
-        params = [chunk.cuda_global_chunk for group in chunks.chunk_groups.values() for chunk in group
-                  if getattr(chunk, "cuda_global_chunk", None) is not None]
-        params += [chunk.cuda_shard for group in chunks.chunk_groups.values() for chunk in group
-                   if getattr(chunk, "cuda_shard", None) is not None]
+        # Gemini's parameters are views into chunks: this rank holds each chunk's shard (on the device or,
+        # offloaded, on the CPU) and, while gathered, the whole chunk. The fp32 master chunks are the inner
+        # optimizer's parameters (HybridAdam keeps their state).
+        chunks = [chunk for group in self.model.chunk_manager.chunk_groups.values() for chunk in group]
+        held = [getattr(chunk, name) for chunk in chunks for name in ("cuda_global_chunk", "cuda_shard", "cpu_shard")]
         base = self.base_optimizer()
-        return {"params": params, "optimizer": list(optimizer_state_tensors(base)),
+        return {"params": held, "optimizer": list(optimizer_state_tensors(base)),
                 "master": [p for group in base.param_groups for p in group["params"]]}
 
 
