@@ -9,6 +9,7 @@ shards must equal Adafactor's full weight after the same steps on the same gradi
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import asdict, dataclass, replace
 
@@ -90,18 +91,37 @@ def _layer(bench: StepBench, weight: torch.Tensor, group, bias: torch.Tensor | N
     return linear
 
 
-def _shard(full: torch.Tensor, bench: StepBench, rank: int) -> torch.Tensor:
-    dim = {"col": 0, "row": 1}.get(bench.layout)
-    return full if dim is None else full.chunk(bench.world_size, dim=dim)[rank]
+# The weight dimension each layout splits over the ranks (out × in weights); None: not split.
+_SPLIT_DIM = {"full": None, "col": 0, "row": 1}
 
 
-def _gather(local: torch.Tensor, bench: StepBench, group) -> torch.Tensor:
-    dim = {"col": 0, "row": 1}.get(bench.layout)
+def _shard(full: torch.Tensor, dim: int | None, rank: int, parts: int) -> torch.Tensor:
+    return full if dim is None else full.chunk(parts, dim=dim)[rank]
+
+
+def _gather(local: torch.Tensor, dim: int | None, group, parts: int) -> torch.Tensor:
     if dim is None:
         return local
-    parts = [torch.empty_like(local) for _ in range(bench.world_size)]
-    dist.all_gather(parts, local.contiguous(), group=group)
-    return torch.cat(parts, dim=dim)
+    pieces = [torch.empty_like(local) for _ in range(parts)]
+    dist.all_gather(pieces, local.contiguous(), group=group)
+    return torch.cat(pieces, dim=dim)
+
+
+@contextlib.contextmanager
+def _tensor_parallel_group(context):
+    """ColossalAI ready in this rank, and a tensor-parallel group over all ranks (freed afterwards)."""
+    from colossalai.cluster import ProcessGroupMesh
+    from colossalai.tensor.d_tensor.api import clear_layout_converter
+
+    from parabench.colossalai_cpu import ensure_cpu_patches
+
+    ensure_cpu_patches()
+    mesh = ProcessGroupMesh(context.world_size)
+    try:
+        yield mesh.get_group_along_axis(0)
+    finally:
+        clear_layout_converter()
+        mesh.destroy_mesh_process_groups()
 
 
 def run_step_bench(context, bench: StepBench) -> dict:
@@ -110,42 +130,33 @@ def run_step_bench(context, bench: StepBench) -> dict:
     Collective: every rank of the pool calls it. Returns this rank's step times and the largest
     |Δ| between the gathered weight and Adafactor's full weight after the same steps.
     """
-    from colossalai.cluster import ProcessGroupMesh
-    from colossalai.tensor.d_tensor.api import clear_layout_converter
-
-    from parabench.colossalai_cpu import ensure_cpu_patches
     from parabench.optimizers import OPTIMIZERS
 
-    ensure_cpu_patches()
-    dtype, device = dtype_of(bench.precision), context.device
+    dtype, device, dim = dtype_of(bench.precision), context.device, _SPLIT_DIM[bench.layout]
     torch.manual_seed(bench.seed)
     initial = torch.randn(bench.out_features, bench.in_features)
-    mesh = ProcessGroupMesh(context.world_size)
-    group = mesh.get_group_along_axis(0)
-    try:
+    with _tensor_parallel_group(context) as group:
         layer = _layer(bench, initial, group).to(device=device, dtype=dtype)
         optimizer = OPTIMIZERS.get(bench.optimizer).build([layer.weight])
-        if bench.layout != "full":
+        if dim is not None:
             optimizer.setup_distributed(tp_group=group, dp_group=None, shard_to_working_param={}, use_zero=False)
         timer, seconds = StepTimer(device), []
         for step in range(bench.warmup_steps + bench.steps):
-            layer.weight.grad = _shard(_gradient(bench, step), bench, context.rank).to(device=device, dtype=dtype)
+            grad = _shard(_gradient(bench, step), dim, context.rank, bench.world_size)
+            layer.weight.grad = grad.to(device=device, dtype=dtype)
             _, took = timer.time(optimizer.step)
             if step >= bench.warmup_steps:
                 seconds.append(took)
-        gathered = _gather(layer.weight.detach(), bench, group).float().cpu()
-        # The one-process twin on the full weight, same steps and gradients.
-        full = torch.nn.Parameter(initial.clone().to(device=device, dtype=dtype))
-        twin = OPTIMIZERS.get("colossalai-adafactor").build([full])
-        for step in range(bench.warmup_steps + bench.steps):
-            full.grad = _gradient(bench, step).to(device=device, dtype=dtype)
-            twin.step()
-        difference = (gathered - full.detach().float().cpu()).abs().max().item()
-        return {"rank": context.rank, "step_seconds": seconds, "max_abs_difference": difference,
-                "local_shape": list(layer.weight.shape)}
-    finally:
-        clear_layout_converter()
-        mesh.destroy_mesh_process_groups()
+        gathered = _gather(layer.weight.detach(), dim, group, bench.world_size).float().cpu()
+    # The one-process twin on the full weight, same steps and gradients.
+    full = torch.nn.Parameter(initial.clone().to(device=device, dtype=dtype))
+    twin = OPTIMIZERS.get("colossalai-adafactor").build([full])
+    for step in range(bench.warmup_steps + bench.steps):
+        full.grad = _gradient(bench, step).to(device=device, dtype=dtype)
+        twin.step()
+    difference = (gathered - full.detach().float().cpu()).abs().max().item()
+    return {"rank": context.rank, "step_seconds": seconds, "max_abs_difference": difference,
+            "local_shape": list(layer.weight.shape)}
 
 
 @dataclass(frozen=True)
@@ -179,23 +190,18 @@ def parity_on_ranks(context, optimizer: str, layout: str, out_features: int, in_
     Both start from the same full weights and take ``steps`` steps on the same full gradients (each rank
     its shard). Returns, per step, the largest |Δ| over the gathered weight and the bias. Collective.
     """
-    from colossalai.cluster import ProcessGroupMesh
-    from colossalai.tensor.d_tensor.api import clear_layout_converter
-
-    from parabench.colossalai_cpu import ensure_cpu_patches
     from parabench.optimizers import OPTIMIZERS
 
-    ensure_cpu_patches()
     spec = OPTIMIZERS.get(optimizer)
     if spec.twin is None:
         raise ValueError(f"{optimizer} has no one-process twin; use a dist-* optimizer")
     bench = StepBench(layout, out_features, in_features, precision, context.world_size, steps, 0, seed)
-    dtype = dtype_of(precision)
+    dtype, parts, rank = dtype_of(precision), context.world_size, context.rank
+    dim = _SPLIT_DIM[layout]
+    bias_dim = 0 if layout == "col" else None  # a column-parallel layer splits its bias with its outputs
     torch.manual_seed(seed)
     weight, bias = torch.randn(out_features, in_features), torch.randn(out_features)
-    mesh = ProcessGroupMesh(context.world_size)
-    group = mesh.get_group_along_axis(0)
-    try:
+    with _tensor_parallel_group(context) as group:
         layer = _layer(bench, weight, group, bias).to(dtype=dtype)
         twin_weight, twin_bias = (torch.nn.Parameter(t.clone().to(dtype)) for t in (weight, bias))
         distributed = spec.build(list(layer.parameters()))
@@ -205,17 +211,13 @@ def parity_on_ranks(context, optimizer: str, layout: str, out_features: int, in_
         for step in range(steps):
             grad, bias_grad = _gradient(bench, step), _gradient(bench, 100_000 + step)[:, 0]
             twin_weight.grad, twin_bias.grad = grad.to(dtype), bias_grad.to(dtype)
-            layer.weight.grad = _shard(grad, bench, context.rank).to(dtype)
-            layer.bias.grad = (bias_grad.chunk(context.world_size)[context.rank] if layout == "col"
-                               else bias_grad).to(dtype)
+            layer.weight.grad = _shard(grad, dim, rank, parts).to(dtype)
+            layer.bias.grad = _shard(bias_grad, bias_dim, rank, parts).to(dtype)
             twin.step()
             distributed.step()
-            gathered_bias = _gather(layer.bias.detach(), replace(bench, layout="col" if layout == "col" else "full"),
-                                    group)
             differences.append(max(
-                (_gather(layer.weight.detach(), bench, group).float() - twin_weight.detach().float()).abs().max().item(),
-                (gathered_bias.float() - twin_bias.detach().float()).abs().max().item()))
+                (_gather(layer.weight.detach(), dim, group, parts).float() - twin_weight.detach().float())
+                .abs().max().item(),
+                (_gather(layer.bias.detach(), bias_dim, group, parts).float() - twin_bias.detach().float())
+                .abs().max().item()))
         return differences
-    finally:
-        clear_layout_converter()
-        mesh.destroy_mesh_process_groups()

@@ -42,18 +42,12 @@ def parity(manager: PoolManager, optimizer: str, layout: str, out_features: int,
 
 
 @pytest.mark.parametrize("layout", ["col", "row"])
+@pytest.mark.parametrize("optimizer", ["dist-adafactor", "dist-lamb"])
 @EXAMPLES
 @given(out_features=DIMENSION, in_features=DIMENSION)
-def test_dist_adafactor_equals_adafactor(manager, layout, out_features, in_features):
-    differences = parity(manager, "dist-adafactor", layout, out_features, in_features, steps=5)
-    assert max(differences) <= FP32_TOLERANCE, f"|Δ| per step {differences}"
-
-
-@pytest.mark.parametrize("layout", ["col", "row"])
-@EXAMPLES
-@given(out_features=DIMENSION, in_features=DIMENSION)
-def test_dist_lamb_equals_lamb(manager, layout, out_features, in_features):
-    differences = parity(manager, "dist-lamb", layout, out_features, in_features, steps=5)
+def test_distributed_optimizer_equals_its_twin(manager, optimizer, layout, out_features, in_features):
+    """DistributedAdaFactor equals Adafactor, and DistributedLamb Lamb, on the same full weights."""
+    differences = parity(manager, optimizer, layout, out_features, in_features, steps=5)
     assert max(differences) <= FP32_TOLERANCE, f"|Δ| per step {differences}"
 
 

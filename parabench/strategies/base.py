@@ -88,13 +88,23 @@ class Strategy(ABC):
         losses = []
         for i, batch in enumerate(micro_batches):
             with (contextlib.nullcontext() if i == count - 1 else self.no_sync()):
-                with self.autocast.context():
+                with self.forward_context():
                     loss = loss_fn(self.model, batch)
                 # Without accumulation, no extra op enters the graph of the measured step.
-                self.autocast.backward(loss / count if count > 1 else loss)
+                self.backward(loss / count if count > 1 else loss)
             losses.append(loss.detach().float())
-        self.autocast.step(self.optimizer)
+        self.optimizer_step()
         return losses[0] if count == 1 else torch.stack(losses).mean()
+
+    # The three places a framework takes over precision: forward, backward, step (here: torch autocast).
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        return self.autocast.context()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.autocast.backward(loss)
+
+    def optimizer_step(self) -> None:
+        self.autocast.step(self.optimizer)
 
     def global_loss(self, local_loss: torch.Tensor) -> float:
         """The loss of the whole global batch: the mean over data-parallel replicas."""

@@ -65,16 +65,15 @@ class ColossalAIBooster(Strategy):
             return self.booster.no_sync(self.model, self.optimizer)
         return contextlib.nullcontext()  # the plugin reduces in every backward; gradients still accumulate
 
-    def train_step(self, micro_batches: list[Batch], loss_fn: LossFn) -> torch.Tensor:
-        self.optimizer.zero_grad()
-        count, losses = len(micro_batches), []
-        for i, batch in enumerate(micro_batches):
-            with (contextlib.nullcontext() if i == count - 1 else self.no_sync()):
-                loss = loss_fn(self.model, batch)
-                self.booster.backward(loss / count if count > 1 else loss, self.optimizer)
-            losses.append(loss.detach().float())
+    # The plugin (or the booster's mixed precision) owns precision: no autocast around its forward.
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.booster.backward(loss, self.optimizer)
+
+    def optimizer_step(self) -> None:
         self.optimizer.step()
-        return losses[0] if count == 1 else torch.stack(losses).mean()
 
     def base_optimizer(self) -> torch.optim.Optimizer:
         """The optimizer that holds the state (inside ColossalAI's wrapper)."""
