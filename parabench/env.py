@@ -56,10 +56,13 @@ def cpu_model() -> str:
 
 def hardware(device: str) -> dict[str, object]:
     """What the time and memory of a result depend on, beyond the code."""
-    info: dict[str, object] = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "device": device}
-    if device == "cuda":
-        import torch
+    import torch
 
+    # The instruction set torch dispatches its CPU kernels to: virtual machines may name every host
+    # "AMD EPYC", while an AVX2 host and an AVX-512 host round differently (loss bits, workspace sizes).
+    info: dict[str, object] = {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                               "cpu_count": os.cpu_count(), "device": device}
+    if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_count"] = torch.cuda.device_count()
     return info

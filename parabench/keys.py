@@ -10,10 +10,11 @@ KEY_FIELDS = ("device", "hardware", "world_size", "precision", "threads_per_rank
 
 
 def hardware_name(hardware: Mapping[str, Any]) -> str:
-    """GPU name and count where the ranks ran on GPUs, else CPU model and count."""
+    """GPU name and count where the ranks ran on GPUs, else CPU model, torch's kernel instruction set and count."""
     if hardware.get("gpu"):
         return f"{hardware.get('gpu_count', 1)}× {hardware['gpu']}"
-    return f"{hardware.get('cpu', '?')} ({hardware.get('cpu_count', '?')} CPUs)"
+    return (f"{hardware.get('cpu', '?')}, {hardware.get('cpu_capability', 'instruction set not recorded')} "
+            f"({hardware.get('cpu_count', '?')} CPUs)")
 
 
 def machine_key(extra_info: Mapping[str, Any], fields: Sequence[str] = KEY_FIELDS,
@@ -62,5 +63,6 @@ def slug(extra_info: Mapping[str, Any]) -> str:
     if hardware.get("gpu"):
         parts = ["cuda", hardware["gpu"], f"x{hardware.get('gpu_count', 1)}"]
     else:
-        parts = ["cpu", hardware.get("cpu", "unknown"), f"{hardware.get('cpu_count', 0)}cpus"]
+        parts = ["cpu", hardware.get("cpu", "unknown"), *([hardware["cpu_capability"]] if "cpu_capability" in hardware
+                                                          else []), f"{hardware.get('cpu_count', 0)}cpus"]
     return "-".join(re.sub(r"[^a-z0-9.]+", "_", str(part).lower()).strip("_") for part in parts)

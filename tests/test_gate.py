@@ -22,7 +22,7 @@ CASE_ID = "torch-ddp-adamw-gpt2_text-w2-fp32"
 
 
 def info(step_ms: float = 40.0, state: int = 4_000_000, peak: int = 10_000_000, losses=None, cpu="AMD EPYC",
-         torch_version="2.13.0+cpu", calibration: float = 0.004, seed: int = 0, **extra) -> dict:
+         isa="AVX512", torch_version="2.13.0+cpu", calibration: float = 0.004, seed: int = 0, **extra) -> dict:
     rng = random.Random(seed)
     return {"format": RESULT_FORMAT,
             "case": {"id": CASE_ID, "precision": "fp32", "world_size": 2, "warmup_steps": 2, "steps": 20},
@@ -32,7 +32,7 @@ def info(step_ms: float = 40.0, state: int = 4_000_000, peak: int = 10_000_000, 
             "cuda_max_reserved_bytes": [None, None], "rss_bytes": [{"max_rss": 9e8}, {"max_rss": 9e8}],
             "calibration_seconds": calibration, "world_size": 2, "device": "cpu", "threads_per_rank": 1,
             "versions": {"python": "3.11.7", "torch": torch_version, "pytest-benchmark": "5.2.3"},
-            "hardware": {"cpu": cpu, "cpu_count": 2, "device": "cpu"}, "fingerprint": "abc", "injected": None,
+            "hardware": {"cpu": cpu, "cpu_capability": isa, "cpu_count": 2, "device": "cpu"}, "fingerprint": "abc", "injected": None,
             **extra}
 
 
@@ -114,8 +114,18 @@ def test_another_machine_key_is_not_comparable_and_says_what_differs(tmp_path):
     report = compare([bench(info(step_ms=80.0))], discover(tmp_path), POLICY)
     (row,) = report.rows
     assert row.verdict is Verdict.NOT_COMPARABLE and not report.regressions
-    assert "hardware: Intel Xeon (2 CPUs) (stored) vs AMD EPYC (2 CPUs) (now)" in row.detail
+    assert "hardware: Intel Xeon, AVX512 (2 CPUs) (stored) vs AMD EPYC, AVX512 (2 CPUs) (now)" in row.detail
     assert "torch 2.12.0+cpu vs 2.13.0+cpu" in row.detail
+
+
+def test_a_host_with_another_kernel_instruction_set_is_not_comparable(tmp_path):
+    """Hosts that all call themselves "AMD EPYC" but run torch's AVX2 kernels instead of AVX-512 ones."""
+    store(tmp_path, bench(info(losses=[5.5 - 0.1 * i for i in range(22)])))
+    report = compare([bench(info(isa="AVX2", losses=[5.5 - 0.1 * i + 1e-7 for i in range(22)]))],
+                     discover(tmp_path), POLICY)
+    (row,) = report.rows
+    assert row.verdict is Verdict.NOT_COMPARABLE and not report.regressions
+    assert "AMD EPYC, AVX512 (2 CPUs) (stored) vs AMD EPYC, AVX2 (2 CPUs) (now)" in row.detail
 
 
 def test_the_newest_baseline_of_the_same_key_is_used(tmp_path):
@@ -154,7 +164,7 @@ def test_keys_ignore_python_patch_releases_and_listed_packages():
 
 
 def test_slugs_name_the_machine_class():
-    assert slug(info()) == "cpu-amd_epyc-2cpus"
+    assert slug(info()) == "cpu-amd_epyc-avx512-2cpus"
     assert slug({"hardware": {"gpu": "NVIDIA H100 80GB HBM3", "gpu_count": 1}}) == "cuda-nvidia_h100_80gb_hbm3-x1"
 
 
