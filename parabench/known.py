@@ -79,6 +79,13 @@ KNOWN_DEVIATIONS = (
         "**optimizer.defaults)`; torch's AdamW keeps `decoupled_weight_decay` in its defaults but does not take it "
         "(TypeError). Adam and SGD run. Remove when the case passes."),
     KnownDeviation(
+        "fairscale-sdp-*-w?-fp32",
+        "fairscale 0.4.13 ShardedDataParallel with its default reduce_buffer_size (2**23) keeps small gradients as "
+        "views of a reduce buffer; the training loop's optimizer.zero_grad(set_to_none=True) drops those views, "
+        "so later reductions read a stale buffer: on gpt2-text over 42 steps AdamW leaves one process by 2.2e-3 at "
+        "step 2 and 0.060 max, SGD by 0.041 at step 2 and 0.29 max. The benchmarked configuration is buffer=0 (each gradient reduced on its own), which "
+        "matches. Remove when the case passes."),
+    KnownDeviation(
         "deepspeed-zero0-*-bf16*",
         "deepspeed 0.19.8: ZeRO-0 in bf16 (FP16_Optimizer in bf16 mode) leaves the one-process bf16 run by "
         "0.062 (gpt2-text, step 5) and 0.12 (vit-digits) over 42/62 steps, while ZeRO-1/2/3 in bf16 on the same "

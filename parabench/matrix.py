@@ -65,4 +65,7 @@ def skip_reason(case: Case, machine: Machine) -> str | None:
 
 def reference_of(case: Case) -> Case:
     """The one-process case ``case`` is checked against (a distributed optimizer's twin stands in for it)."""
-    return case.reference(OPTIMIZERS.get(case.optimizer).twin)
+    spec = OPTIMIZERS.get(case.optimizer)
+    if spec.reference_accumulates and case.strategy != "single":
+        return case.reference(spec.twin, grad_accum=case.world_size * case.grad_accum)
+    return case.reference(spec.twin)

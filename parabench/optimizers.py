@@ -6,7 +6,8 @@ so an entry keeps them apart too instead of hiding them in a closure.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
 
 import torch
@@ -25,6 +26,17 @@ class OptimizerSpec:
     requires: Requirements = Requirements()
     # A distributed optimizer's one-process twin: the entry that computes the same update on full tensors.
     twin: str | None = None
+    # An optimizer that counts a step's micro-batches itself (AdaScale) gets the case's accumulation here.
+    accumulation_kwarg: str | None = None
+    # Its one-process reference accumulates one micro-batch per replica, as the replicas' gradients are
+    # what it measures (AdaScale's gain needs at least two gradients per step).
+    reference_accumulates: bool = False
+
+    def for_accumulation(self, grad_accum: int) -> "OptimizerSpec":
+        """This entry for a case that accumulates ``grad_accum`` micro-batches per step."""
+        if self.accumulation_kwarg is None:
+            return self
+        return replace(self, kwargs={**self.kwargs, self.accumulation_kwarg: grad_accum})
 
     def build(self, params: Iterable[torch.nn.Parameter] | Iterable[dict]) -> torch.optim.Optimizer:
         return self.cls(params, **self.kwargs)
@@ -43,6 +55,31 @@ register("sgd", torch.optim.SGD, lr=0.05, momentum=0.9)
 register("adam", torch.optim.Adam, lr=1e-3)
 register("adamw", torch.optim.AdamW, lr=1e-3, weight_decay=0.01)
 register("adafactor", torch.optim.Adafactor, lr=1e-2)
+
+
+# fairscale's AdaScale: SGD whose step is scaled by a gain estimated from the replicas' gradient variance.
+@functools.cache
+def _adascale_class() -> type:
+    from fairscale.optim import AdaScale
+
+    class AdaScaleSGD(AdaScale):
+        """AdaScale over SGD that takes the training loop's ``zero_grad(set_to_none=...)``."""
+
+        def zero_grad(self, set_to_none: bool = True) -> None:
+            super().zero_grad()  # AdaScale's takes no argument and calls SGD's (which sets to None)
+
+    return AdaScaleSGD
+
+
+def _adascale(params, num_gradients_to_accumulate: int = 1, **sgd):
+    # is_scaled_loss: the training loop divides each micro-batch's loss by the accumulation count.
+    return _adascale_class()(torch.optim.SGD(params, **sgd), num_gradients_to_accumulate=num_gradients_to_accumulate,
+                             is_scaled_loss=True)
+
+
+OPTIMIZERS.add("adascale", OptimizerSpec(
+    "adascale", _adascale, dict(lr=0.05, momentum=0.9), Requirements(packages=("fairscale",)),
+    accumulation_kwarg="num_gradients_to_accumulate", reference_accumulates=True))
 
 
 # DeepSpeed's own optimizers, built on first use (their ops compile once per machine and are cached

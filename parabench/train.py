@@ -21,15 +21,19 @@ from parabench.workloads import WORKLOADS, Batch, Workload, step_indices
 class CaseData:
     """This rank's micro-batches at each step: its slice of the global batch, split for accumulation."""
 
-    def __init__(self, workload: Workload, case: Case, replica: int, replicas: int, device: torch.device):
+    def __init__(self, workload: Workload, case: Case, replica: int, replicas: int, device: torch.device,
+                 examples: torch.Tensor | None = None):
         self.workload, self.case, self.device = workload, case, device
         self.global_batch = case.global_batch or workload.default_global_batch
         self.micro_batch = split_batch(self.global_batch, replicas, case.grad_accum)
         self.bounds = shard_bounds(self.global_batch, replica, replicas)
-        self.num_examples = workload.num_examples()
+        self.examples = examples  # None: the whole dataset; else the indices to train on (a split)
+        self.num_examples = workload.num_examples() if examples is None else len(examples)
 
     def micro_batches(self, step: int) -> list[Batch]:
         indices = step_indices(step, self.global_batch, self.num_examples, self.case.seed)
+        if self.examples is not None:
+            indices = self.examples[indices]
         mine = indices[self.bounds[0]:self.bounds[1]]
         return [self._to_device(self.workload.batch(mine[i * self.micro_batch:(i + 1) * self.micro_batch]))
                 for i in range(self.case.grad_accum)]
@@ -38,13 +42,15 @@ class CaseData:
         return {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
 
 
-def build(context: RankContext, case: Case) -> tuple[Strategy, Workload, CaseData]:
+def build(context: RankContext, case: Case,
+          examples: torch.Tensor | None = None) -> tuple[Strategy, Workload, CaseData]:
+    """The case's strategy set up on this rank, its workload, and its data (``examples``: a training split)."""
     workload = WORKLOADS.get(case.workload)
     strategy = STRATEGIES.get(case.strategy)(context, case.precision, dict(case.options))
-    data = CaseData(workload, case, *strategy.data_parallel(), device=context.device)
+    data = CaseData(workload, case, *strategy.data_parallel(), device=context.device, examples=examples)
     strategy.set_batching(data.micro_batch, case.grad_accum)
     torch.manual_seed(case.seed)  # every rank builds the same initial model
-    strategy.setup(workload.build_model(), OPTIMIZERS.get(case.optimizer), workload)
+    strategy.setup(workload.build_model(), OPTIMIZERS.get(case.optimizer).for_accumulation(case.grad_accum), workload)
     return strategy, workload, data
 
 

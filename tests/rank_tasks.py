@@ -68,3 +68,16 @@ def dist_optimizer_parity(context, optimizer: str, layout: str, out_features: in
     from parabench.optimizer_step import parity_on_ranks
 
     return parity_on_ranks(context, optimizer, layout, out_features, in_features, steps)
+
+
+def send_and_receive(context) -> list[tuple[str, tuple[int, ...]]]:
+    """Rank 0 sends two activations through ``parabench.pipeline``; rank 1 reports what arrived."""
+    from parabench.pipeline import recv, send
+
+    if context.rank == 0:
+        send(torch.ones(3, 5, 7, dtype=torch.bfloat16), 1)
+        send(torch.arange(4, dtype=torch.float32), 1)
+        return []
+    got = [recv(0, context.device) for _ in range(2)]
+    assert torch.equal(got[1], torch.arange(4, dtype=torch.float32)) and bool((got[0] == 1).all())
+    return [(str(t.dtype), tuple(t.shape)) for t in got]

@@ -294,14 +294,14 @@ def test_cases_property(strategies, optimizers, workloads, world_sizes, precisio
     for strategy in strategies:
         cls = STRATEGIES.get(strategy)
         supported = [p for p in cls.precisions if precisions is None or p in precisions]
-        sizes = {1} if strategy == "single" else set(world_sizes)
+        sizes = {1} if cls.requires.max_world_size == 1 else set(world_sizes)
         expected += len(supported) * len(sizes) * len(optimizers) * len(workloads)
     assert len(found) == expected
     for case in found:
         cls = STRATEGIES.get(case.strategy)
         assert cls.supports(case.precision)
         assert precisions is None or case.precision in precisions
-        if case.strategy == "single":
+        if cls.requires.max_world_size == 1:  # one-process strategies: single, fairscale-pipe
             assert case.world_size == 1
         else:
             assert case.world_size in world_sizes

@@ -114,6 +114,15 @@ class Strategy(ABC):
         dist.all_reduce(total)
         return total.item() / self.context.world_size
 
+    def count_correct(self, workload: Workload, batch: Batch) -> tuple[float, float]:
+        """(correct, counted) predictions on ``batch``, this rank's share (see ``parabench.converge``)."""
+        with self.forward_context():
+            accuracy = workload.accuracy(self.model, batch)
+        if accuracy is None:
+            raise ValueError(f"{workload.name} does not classify; time to converge needs a workload that does")
+        count = len(next(iter(batch.values())))
+        return accuracy * count, float(count)
+
     def state_tensors(self) -> dict[str, Iterable[object]]:
         """The tensors this rank holds, by category (see ``parabench.measure.state_bytes``)."""
         from parabench.measure import optimizer_state_tensors

@@ -70,6 +70,12 @@ class Workload(ABC):
     def pipeline_loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"{self.name} does not define a pipeline loss")
 
+    # Tensor parallelism (torch's ``parallelize_module``): which linear layers split by column and by row.
+    def tensor_parallel(self, model: torch.nn.Module, mesh) -> None:
+        """Shard ``model`` in place over the 1-D device ``mesh`` with this workload's column/row plan."""
+        raise ValueError(f"{self.name} does not define a tensor-parallel plan; use a workload that does "
+                         f"(mlp-digits, vit-digits, gpt2-text)")
+
     def accuracy(self, model: torch.nn.Module, batch: Batch) -> float | None:
         """Fraction of correct predictions, for workloads that classify; None otherwise."""
         return None

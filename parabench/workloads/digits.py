@@ -31,6 +31,13 @@ class _DigitsWorkload(TensorWorkload):
     def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         return F.cross_entropy(self.logits(model, batch), batch["label"])
 
+    # Pipelines: the pixels go into the first stage, the labels to the last stage's loss.
+    def pipeline_io(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch["pixels"], batch["label"]
+
+    def pipeline_loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs, labels)
+
     def accuracy(self, model: torch.nn.Module, batch: Batch) -> float:
         with torch.no_grad():
             return (self.logits(model, batch).argmax(-1) == batch["label"]).float().mean().item()
@@ -65,11 +72,38 @@ class MlpDigits(_DigitsWorkload):
     def pipeline_layers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
         return list(model)
 
-    def pipeline_io(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        return batch["pixels"], batch["label"]
+    def tensor_parallel(self, model: torch.nn.Module, mesh) -> None:
+        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
-    def pipeline_loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(outputs, labels)
+        # The hidden layer's units split across ranks; the 10-way output stays whole.
+        parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+
+
+class _VitEmbeddings(torch.nn.Module):
+    def __init__(self, embeddings: torch.nn.Module) -> None:
+        super().__init__()
+        self.embeddings = embeddings
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.embeddings(pixels.view(-1, 1, 8, 8))
+
+
+class _VitLayer(torch.nn.Module):
+    def __init__(self, layer: torch.nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.layer(hidden)[0]
+
+
+class _VitHead(torch.nn.Module):
+    def __init__(self, layernorm: torch.nn.Module, classifier: torch.nn.Module) -> None:
+        super().__init__()
+        self.layernorm, self.classifier = layernorm, classifier
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.layernorm(hidden)[:, 0, :])  # the [CLS] token, as the model does
 
 
 class VitDigits(_DigitsWorkload):
@@ -99,6 +133,28 @@ class VitDigits(_DigitsWorkload):
 
     def loss_of_outputs(self, outputs: Any, inputs: Batch) -> torch.Tensor:
         return outputs.loss  # the model's cross-entropy over its logits and ``labels``
+
+    def pipeline_layers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        """Embeddings, each encoder layer, then the final norm and classifier: the model's own forward."""
+        vit = model.vit
+        return [_VitEmbeddings(vit.embeddings), *(_VitLayer(layer) for layer in vit.encoder.layer),
+                _VitHead(vit.layernorm, model.classifier)]
+
+    def tensor_parallel(self, model: torch.nn.Module, mesh) -> None:
+        """Megatron's split: attention heads and the MLP's hidden units by column, their outputs by row."""
+        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+        heads = model.config.num_attention_heads
+        if heads % mesh.size():
+            raise ValueError(f"{self.name}: {heads} attention heads do not split over {mesh.size()} ranks")
+        plan = {"attention.attention.query": ColwiseParallel(), "attention.attention.key": ColwiseParallel(),
+                "attention.attention.value": ColwiseParallel(), "attention.output.dense": RowwiseParallel(),
+                "intermediate.dense": ColwiseParallel(), "output.dense": RowwiseParallel()}
+        for layer in model.vit.encoder.layer:
+            parallelize_module(layer, mesh, plan)
+            attention = layer.attention.attention  # its reshapes read the local head count
+            attention.num_attention_heads //= mesh.size()
+            attention.all_head_size //= mesh.size()
 
     def model_config(self) -> dict[str, Any]:
         config = self.config().to_dict()

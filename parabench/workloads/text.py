@@ -79,7 +79,57 @@ class Gpt2Text(TensorWorkload):
     def loss_of_outputs(self, outputs: Any, inputs: Batch) -> torch.Tensor:
         return outputs.loss  # the model shifts the labels itself
 
+    def tensor_parallel(self, model: torch.nn.Module, mesh) -> None:
+        """Megatron's split of each block: q/k/v heads and the MLP's hidden units by column, their outputs by row.
+
+        GPT-2's projections are ``Conv1D`` (weights stored in→out) and q/k/v one fused projection, which
+        torch's column/row styles cannot split by head; each becomes ``nn.Linear`` first (the same weights,
+        transposed), q/k/v three of them, so that a rank's columns are whole heads of each.
+        """
+        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+        heads = model.config.n_head
+        if heads % mesh.size():
+            raise ValueError(f"{self.name}: {heads} attention heads do not split over {mesh.size()} ranks")
+        plan = {"attn.c_attn.q": ColwiseParallel(), "attn.c_attn.k": ColwiseParallel(),
+                "attn.c_attn.v": ColwiseParallel(), "attn.c_proj": RowwiseParallel(),
+                "mlp.c_fc": ColwiseParallel(), "mlp.c_proj": RowwiseParallel()}
+        for block in model.transformer.h:
+            attention, mlp = block.attn, block.mlp
+            attention.c_attn = _SplitQKV(attention.c_attn, attention.split_size)
+            attention.c_proj, mlp.c_fc, mlp.c_proj = (_as_linear(m) for m in (attention.c_proj, mlp.c_fc, mlp.c_proj))
+            parallelize_module(block, mesh, plan)
+            attention.split_size //= mesh.size()  # its split of the q/k/v output reads the local width
+            attention.num_heads //= mesh.size()
+
     def describe(self) -> dict[str, Any]:
         config = self.config().to_dict()
         config.pop("transformers_version", None)
         return {"data": self.data_digest(), "files": STDLIB_FILES, "model": config}
+
+
+def _as_linear(conv1d: torch.nn.Module) -> torch.nn.Linear:
+    """transformers' ``Conv1D`` (``x @ W + b``, W stored in→out) as the ``nn.Linear`` with the same weights."""
+    fan_in, fan_out = conv1d.weight.shape
+    linear = torch.nn.Linear(fan_in, fan_out, device=conv1d.weight.device, dtype=conv1d.weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(conv1d.weight.t())
+        linear.bias.copy_(conv1d.bias)
+    return linear
+
+
+class _SplitQKV(torch.nn.Module):
+    """GPT-2's fused q/k/v ``Conv1D`` as three ``nn.Linear``, outputs concatenated as the fused one's are."""
+
+    def __init__(self, fused: torch.nn.Module, width: int) -> None:
+        super().__init__()
+        for index, name in enumerate("qkv"):
+            part = _as_linear(fused)
+            with torch.no_grad():
+                part.weight = torch.nn.Parameter(part.weight[index * width:(index + 1) * width].clone())
+                part.bias = torch.nn.Parameter(part.bias[index * width:(index + 1) * width].clone())
+            part.out_features = width
+            setattr(self, name, part)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.q(hidden), self.k(hidden), self.v(hidden)], dim=-1)
