@@ -121,6 +121,7 @@ class _Scheduled(_Staged):
 
     option_names = ("chunks",)
     default_chunks = 4
+    min_chunks = 0  # per stage
     schedule: ClassVar[str]
 
     @classmethod
@@ -137,6 +138,9 @@ class _Scheduled(_Staged):
         if whole % self.chunks:
             raise ValueError(f"{self.name}: a batch of {whole} does not split into {self.chunks} chunks; "
                              f"choose a global batch divisible by {self.chunks}")
+        if self.chunks < self.min_chunks * self.context.world_size:
+            raise ValueError(f"{self.name} needs at least as many chunks as stages ({self.context.world_size}); "
+                             f"got chunks={self.chunks}")
         super().set_batching(micro_batch, grad_accum)
 
     def setup(self, model: torch.nn.Module, optimizer: OptimizerSpec, workload: Workload) -> None:
@@ -181,4 +185,5 @@ class TorchPipe1F1B(_Scheduled):
 
     name = "torch-pp-1f1b"
     schedule = "Schedule1F1B"
+    min_chunks = 1
 
