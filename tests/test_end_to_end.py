@@ -43,7 +43,10 @@ def test_ids_select_what_they_say():
 
     everything = ids()
     assert "torch-zero-adamw-gpt2_text-w2-fp32" in everything
-    assert len(everything) == len(set(everything))
+    # A case id is unique within its test function (the same case may be timed by two experiments).
+    nodes = [line.split("::", 1)[1] for line in pytest_run("bench/", "--collect-only", "-q").stdout.splitlines()
+             if "::" in line]
+    assert len(nodes) == len(set(nodes)) == len(everything)
     assert {i for i in ids("-k", "ddp")} == {i for i in everything if "ddp" in i}
     assert {i for i in ids("-k", "fsdp")} == {i for i in everything if "fsdp" in i}
     zero_adamw = ids("-k", "torch-zero and adamw")
