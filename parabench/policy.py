@@ -133,7 +133,7 @@ def _build(table: dict[str, Any], device: str, path: str) -> Rules:
         memory = {}
         for metric in MEMORY_METRICS:
             rule = table["memory"].get(metric, {})
-            _check_keys(Path(path), f"memory.{metric}.", rule, {"rtol", "informational"})
+            _check_keys(Path(path), f"memory.{metric}.", rule, {"rtol", "atol", "informational"})
             memory[metric] = BytesRule(**rule)
         loss = table["loss"].get(device, {})
         _check_keys(Path(path), f"loss.{device}.", loss, {"exact", "atol", "rtol"})

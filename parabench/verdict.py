@@ -43,14 +43,15 @@ class TimeRule:
 
 @dataclass(frozen=True)
 class BytesRule:
-    """Memory is deterministic: any change beyond ``rtol`` (relative) is a regression or an improvement."""
+    """A change beyond ``atol`` bytes + ``rtol`` (relative) is a regression or an improvement."""
 
     rtol: float = 0.0
+    atol: int = 0
     informational: bool = False
 
     def __post_init__(self) -> None:
-        if self.rtol < 0:
-            raise ValueError(f"memory rule {self}: rtol must be ≥ 0")
+        if self.rtol < 0 or self.atol < 0:
+            raise ValueError(f"memory rule {self}: rtol and atol must be ≥ 0")
 
 
 @dataclass(frozen=True)
@@ -105,11 +106,12 @@ def judge_bytes(baseline: int, now: int, rule: BytesRule) -> Judgement:
     change = (now / baseline - 1) if baseline else (0.0 if now == baseline else float("inf"))
     if rule.informational:
         verdict = Verdict.INFO
-    elif abs(now - baseline) <= rule.rtol * baseline:
+    elif abs(now - baseline) <= rule.atol + rule.rtol * baseline:
         verdict = Verdict.UNCHANGED
     else:
         verdict = Verdict.REGRESSED if now > baseline else Verdict.IMPROVED
-    detail = "information only" if rule.informational else f"tolerance {rule.rtol:.2%}"
+    detail = ("information only" if rule.informational
+              else f"tolerance {rule.rtol:.2%}" + (f" + {_bytes(rule.atol)}" if rule.atol else ""))
     return Judgement(verdict, _bytes(baseline), _bytes(now), change, detail)
 
 

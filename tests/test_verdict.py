@@ -136,3 +136,13 @@ def test_parity_regresses_when_the_check_starts_to_fail_and_a_known_failure_stay
     assert judgement.verdict is Verdict.REGRESSED and "at step 1" in judgement.detail
     assert judge_parity(bad, bad).verdict is Verdict.UNCHANGED  # a known deviation (strict xfail)
     assert judge_parity(bad, good).verdict is Verdict.IMPROVED
+
+
+def test_an_absolute_byte_floor_covers_tiny_peaks_and_nothing_beyond():
+    rule = BytesRule(rtol=0.25, atol=131_072)
+    assert judge_bytes(0, 66_000, rule).verdict is Verdict.UNCHANGED
+    assert judge_bytes(0, 140_000, rule).verdict is Verdict.REGRESSED
+    assert judge_bytes(2_000_000, 2_600_000, rule).verdict is Verdict.UNCHANGED  # 131 072 + 500 000 allowed
+    assert judge_bytes(2_000_000, 2_700_000, rule).verdict is Verdict.REGRESSED
+    with pytest.raises(ValueError, match="atol"):
+        BytesRule(atol=-1)
