@@ -26,7 +26,7 @@ from parabench.optimizers import OptimizerSpec
 from parabench.precision import dtype_of
 from parabench.requirements import Requirements
 from parabench.strategies.base import LossFn, RankContext, Strategy
-from parabench.strategies.options import check_integer, check_known
+from parabench.strategies.options import Chunked, check_integer, check_known
 from parabench.workloads import Batch, Workload
 
 # The ZeRO++ quantizers are CUDA kernels (DeepSpeed's QuantizerBuilder); DESIGN §6 saw them fail on CPU.
@@ -222,7 +222,7 @@ class DeepSpeedZero3(DeepSpeedZero):
     stage = 3
 
 
-class DeepSpeedPipe(DeepSpeedZero):
+class DeepSpeedPipe(Chunked, DeepSpeedZero):
     """A ``PipelineModule`` of the workload's layers, one stage per rank (no data parallelism).
 
     Every rank feeds the whole global batch, split into ``chunks`` micro-batches (option, default 4)
@@ -233,26 +233,12 @@ class DeepSpeedPipe(DeepSpeedZero):
     stage = 0
     precisions = ("fp32", "bf16")
     option_names = ("chunks", "inject")
-    default_chunks = 4
-
-    @classmethod
-    def validate_options(cls, options: Mapping[str, object]) -> None:
-        check_known(cls, options)
-        check_integer(cls, options, "chunks", 1, "the number of micro-batches per step")
 
     def data_parallel(self) -> tuple[int, int]:
         return 0, 1  # every stage sees the whole batch: the first takes inputs, the last labels
 
-    @property
-    def chunks(self) -> int:
-        return int(self.options.get("chunks", self.default_chunks))
-
     def set_batching(self, micro_batch: int, grad_accum: int) -> None:
-        whole = micro_batch * grad_accum
-        if whole % self.chunks:
-            raise ValueError(f"{self.name}: a batch of {whole} does not split into {self.chunks} chunks; "
-                             f"choose a global batch divisible by {self.chunks}")
-        super().set_batching(whole // self.chunks, self.chunks)
+        super().set_batching(self.whole_batch(micro_batch, grad_accum) // self.chunks, self.chunks)
 
     def setup(self, model: torch.nn.Module, optimizer: OptimizerSpec, workload: Workload) -> None:
         import deepspeed

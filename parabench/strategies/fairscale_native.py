@@ -11,7 +11,7 @@ from parabench.measure import optimizer_state_tensors
 from parabench.optimizers import OptimizerSpec
 from parabench.requirements import Requirements
 from parabench.strategies.base import LossFn, Strategy, block_classes
-from parabench.strategies.options import check_integer, check_known
+from parabench.strategies.options import Chunked, check_integer, check_known
 from parabench.strategies.torch_native import TorchDDP
 from parabench.workloads import Batch, Workload
 
@@ -106,7 +106,7 @@ class FairscaleFSDP(Strategy):
         return self.model.no_sync()
 
 
-class FairscalePipe(Strategy):
+class FairscalePipe(Chunked, Strategy):
     """fairscale's ``nn.Pipe`` (GPipe) inside one process: the workload's layers over ``stages`` devices.
 
     Options: ``chunks`` micro-batches per step (default 4), ``stages`` (default 2). With as many CUDA
@@ -121,8 +121,7 @@ class FairscalePipe(Strategy):
 
     @classmethod
     def validate_options(cls, options: Mapping[str, object]) -> None:
-        check_known(cls, options)
-        check_integer(cls, options, "chunks", 1, "the number of micro-batches per step")
+        super().validate_options(options)
         check_integer(cls, options, "stages", 1, "the number of pipeline stages")
 
     def setup(self, model: torch.nn.Module, optimizer: OptimizerSpec, workload: Workload) -> None:
@@ -134,7 +133,7 @@ class FairscalePipe(Strategy):
         lengths = balance(layers, int(self.options.get("stages", 2)))
         self.workload = workload
         self.model = Pipe(torch.nn.Sequential(*layers), balance=lengths, devices=self._devices(len(lengths)),
-                          chunks=int(self.options.get("chunks", 4)), checkpoint="never")
+                          chunks=self.chunks, checkpoint="never")
         self.optimizer = optimizer.build(self.model.parameters())
 
     def _devices(self, stages: int) -> list[torch.device]:

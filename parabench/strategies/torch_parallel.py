@@ -7,14 +7,14 @@ the workload's linear layers (``Workload.tensor_parallel``); the staged strategi
 
 from __future__ import annotations
 
-from typing import ClassVar, Mapping
+from typing import ClassVar
 
 import torch
 import torch.distributed as dist
 
 from parabench.optimizers import OptimizerSpec
 from parabench.strategies.base import LossFn, Strategy
-from parabench.strategies.options import check_integer, check_known
+from parabench.strategies.options import Chunked
 from parabench.workloads import Batch, Workload
 
 
@@ -113,31 +113,18 @@ class TorchMP(_Staged):
         return torch.stack(losses).mean() if losses else torch.zeros(())
 
 
-class _Scheduled(_Staged):
+class _Scheduled(Chunked, _Staged):
     """A ``torch.distributed.pipelining`` schedule over this rank's ``PipelineStage``.
 
     Option ``chunks``: micro-batches per step (default 4); the rank's batch must split into them.
     """
 
     option_names = ("chunks",)
-    default_chunks = 4
     min_chunks = 0  # per stage
     schedule: ClassVar[str]
 
-    @classmethod
-    def validate_options(cls, options: Mapping[str, object]) -> None:
-        check_known(cls, options)
-        check_integer(cls, options, "chunks", 1, "the number of micro-batches per step")
-
-    @property
-    def chunks(self) -> int:
-        return int(self.options.get("chunks", self.default_chunks))
-
     def set_batching(self, micro_batch: int, grad_accum: int) -> None:
-        whole = micro_batch * grad_accum
-        if whole % self.chunks:
-            raise ValueError(f"{self.name}: a batch of {whole} does not split into {self.chunks} chunks; "
-                             f"choose a global batch divisible by {self.chunks}")
+        self.whole_batch(micro_batch, grad_accum)
         if self.chunks < self.min_chunks * self.context.world_size:
             raise ValueError(f"{self.name} needs at least as many chunks as stages ({self.context.world_size}); "
                              f"got chunks={self.chunks}")
