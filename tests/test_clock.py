@@ -56,6 +56,32 @@ def test_replayed_durations_become_the_benchmark_stats(pytester: pytest.Pytester
     assert stats["mean"] == pytest.approx(0.3)
 
 
+CASE_MODULE = """
+import pytest
+
+from parabench.case import Case
+from parabench.clock import replay
+
+
+@pytest.mark.benchmark(group="named_by_the_module")
+@pytest.mark.parametrize("case", [Case("single", "adamw", "mlp-digits", 1)])
+def test_case_with_its_own_group(case, benchmark):
+    replay(benchmark, [0.010, 0.020, 0.030])
+"""
+
+
+def test_a_case_whose_module_names_its_group_keeps_the_replay_clock(pytester: pytest.Pytester):
+    pytester.makeconftest(f"import sys\nsys.path.insert(0, {str(REPO_ROOT)!r})\n"
+                          "pytest_plugins = ['fixtures.options', 'fixtures.collection']\n")
+    pytester.makepyfile(test_bench=CASE_MODULE)
+    result = pytester.runpytest_subprocess("--benchmark-json=out.json", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    (bench,) = json.loads((pytester.path / "out.json").read_text())["benchmarks"]
+    assert bench["group"] == "named_by_the_module"
+    assert bench["options"]["timer"] == "parabench.clock.REPLAY_CLOCK"
+    assert bench["stats"]["median"] == pytest.approx(0.020)
+
+
 def test_replay_of_nothing_raises():
     with pytest.raises(ValueError, match="no durations"):
         replay(object(), [])
