@@ -29,6 +29,7 @@ class StoredRun:
     path: str
     datetime: str
     benchmarks: tuple[dict[str, Any], ...]   # each has name, fullname, extra_info (parabench's keys)
+    others: tuple[dict[str, Any], ...] = ()  # benchmarks without a case: optimizer steps, time to target
 
 
 def load_run(path: str | Path) -> StoredRun:
@@ -43,11 +44,13 @@ def load_run(path: str | Path) -> StoredRun:
         raise BaselineError(f"{path}: not a UTF-8 text file; {fix}") from None
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
         raise BaselineError(f"{path}: not a pytest-benchmark run (no 'benchmarks' list); {fix}")
-    benchmarks = []
+    benchmarks, others = [], []
     for i, bench in enumerate(data["benchmarks"]):
         info = bench.get("extra_info") if isinstance(bench, dict) else None
         if not isinstance(info, dict) or "case" not in info:
-            continue  # not a parabench case (another plugin's, or a plain benchmark)
+            if isinstance(info, dict):
+                others.append(bench)  # another kind of result, or another plugin's benchmark
+            continue
         found = info.get("format")
         if found != RESULT_FORMAT:
             raise BaselineError(f"{path}: benchmark {i} ({bench.get('name')}) has result format {found!r}; this "
@@ -59,7 +62,7 @@ def load_run(path: str | Path) -> StoredRun:
         if missing:
             raise BaselineError(f"{path}: benchmark {i} lacks {', '.join(missing)}; {fix}")
         benchmarks.append(bench)
-    return StoredRun(str(path), str(data.get("datetime", "")), tuple(benchmarks))
+    return StoredRun(str(path), str(data.get("datetime", "")), tuple(benchmarks), tuple(others))
 
 
 def discover(root: str | Path) -> list[StoredRun]:
