@@ -116,6 +116,7 @@ def run_to_target(context: RankContext, case: Case, target: Target) -> ConvergeR
             loss, elapsed = timer.time(lambda: strategy.train_step(batches, workload.loss))
             losses.append(strategy.global_loss(loss))
             seconds.append(elapsed)
+            context.report_progress(step + 1, target.max_steps)
             if (step + 1) % target.eval_every == 0:
                 accuracy = _accuracy(strategy, workload, held_out, context)
                 evaluations.append((step + 1, accuracy))

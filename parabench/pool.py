@@ -34,6 +34,11 @@ class RankSkip(Exception):
 
 # A rank that failed leaves its peers blocked in a collective; give them this long to fail too.
 PEER_GRACE_S = 3.0
+# While a task runs, the controller looks at its progress this often (when someone asked to be told).
+PROGRESS_INTERVAL_S = 0.5
+
+# ``on_wait(steps done, steps in all, seconds since the task was sent)``; (0, 0) until rank 0 reports.
+ProgressCallback = Callable[[int, int, float], None]
 
 
 class RankPool:
@@ -53,6 +58,10 @@ class RankPool:
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self.connections: list[multiprocessing.connection.Connection] = []
         self.stack_paths: list[str] = []
+        # (steps done, steps in all) of the running task: rank 0 writes it (RankContext.report_progress),
+        # the controller reads it while it waits. No lock: one writer, and a read between its two
+        # stores is at worst one report old.
+        self.progress = context.Array("q", 2, lock=False)
         for rank in range(world_size):
             stack_path = os.path.join(self.directory, f"rank{rank}.stacks")
             config = worker.WorkerConfig(rank=rank, world_size=world_size, device_type=device_type,
@@ -60,7 +69,8 @@ class RankPool:
                                          process_group_timeout_s=process_group_timeout_s, threads=threads,
                                          pin=pin)
             ours, theirs = context.Pipe()
-            process = context.Process(target=worker.main, args=(config, theirs), name=f"parabench-rank{rank}")
+            process = context.Process(target=worker.main, args=(config, theirs, self.progress),
+                                      name=f"parabench-rank{rank}")
             process.start()
             theirs.close()
             self.processes.append(process)
@@ -76,23 +86,31 @@ class RankPool:
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes]
 
-    def run(self, function: Callable[..., Any], *args: Any, timeout_s: float) -> list[Any]:
-        """Call ``function(context, *args)`` on every rank; return each rank's value, in rank order."""
+    def run(self, function: Callable[..., Any], *args: Any, timeout_s: float,
+            on_wait: ProgressCallback | None = None) -> list[Any]:
+        """Call ``function(context, *args)`` on every rank; return each rank's value, in rank order.
+
+        ``on_wait(done, total, elapsed_s)``: called about every ``PROGRESS_INTERVAL_S`` while the ranks
+        work, with the steps the task reported (``RankContext.report_progress``).
+        """
         if self.broken:
             raise RuntimeError("this pool is broken; ask the PoolManager for a fresh one")
         self.broken = True  # until every rank has answered
+        self.progress[0] = self.progress[1] = 0  # not the previous task's count
         for connection in self.connections:
             connection.send((function, args))
-        answers = self._collect(lambda rank, message: True, timeout_s, getattr(function, "__name__", "task"))
+        answers = self._collect(lambda rank, message: True, timeout_s, getattr(function, "__name__", "task"),
+                                on_wait)
         skips = [m[1] for m in answers if m[0] == "skip"]
         self.broken = False
         if skips:
             raise RankSkip(skips[0])
         return [m[1] for m in answers]
 
-    def _collect(self, accept, timeout_s: float, what: str) -> list[tuple]:
+    def _collect(self, accept, timeout_s: float, what: str, on_wait: ProgressCallback | None = None) -> list[tuple]:
         """Each rank's next message; raises RankFailure / CaseTimeout with every rank's story."""
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+        deadline = started + timeout_s
         answers: dict[int, tuple] = {}
         failures: dict[int, str] = {}
         pending = set(range(self.world_size))
@@ -107,7 +125,8 @@ class RankPool:
             for rank in pending:
                 waitables[self.connections[rank]] = rank
                 waitables[self.processes[rank].sentinel] = rank
-            for ready in multiprocessing.connection.wait(list(waitables), timeout=deadline - now):
+            wait_s = deadline - now if on_wait is None else min(deadline - now, PROGRESS_INTERVAL_S)
+            for ready in multiprocessing.connection.wait(list(waitables), timeout=wait_s):
                 rank = waitables[ready]
                 if rank not in pending:
                     continue
@@ -130,6 +149,8 @@ class RankPool:
                     failures[rank] = f"rank {rank} sent an unexpected message {message!r}"
                 if failures and first_failure is None:
                     first_failure = time.monotonic()
+            if on_wait is not None and pending and not failures:
+                on_wait(self.progress[0], self.progress[1], time.monotonic() - started)
         if not pending and not failures:
             return [answers[r] for r in range(self.world_size)]
         self.broken = True
@@ -227,8 +248,9 @@ class PoolManager:
         self.pools[key] = pool
         return pool
 
-    def run(self, world_size: int, function: Callable[..., Any], *args: Any, timeout_s: float) -> list[Any]:
-        return self.get(world_size).run(function, *args, timeout_s=timeout_s)
+    def run(self, world_size: int, function: Callable[..., Any], *args: Any, timeout_s: float,
+            on_wait: ProgressCallback | None = None) -> list[Any]:
+        return self.get(world_size).run(function, *args, timeout_s=timeout_s, on_wait=on_wait)
 
     def close(self) -> None:
         for pool in self.pools.values():

@@ -15,6 +15,7 @@ from parabench.optimizers import OPTIMIZERS
 from parabench.patches import in_force as patches_in_force
 from parabench.result import RankResult
 from parabench.strategies import STRATEGIES, RankContext, Strategy
+from parabench.trace import TraceRequest, record_trace
 from parabench.workloads import WORKLOADS, Batch, Workload, step_indices
 
 
@@ -54,10 +55,12 @@ def build(context: RankContext, case: Case,
     return strategy, workload, data
 
 
-def run_case(context: RankContext, case: Case, perturbation: Perturbation | None = None) -> RankResult:
+def run_case(context: RankContext, case: Case, perturbation: Perturbation | None = None,
+             trace: TraceRequest | None = None) -> RankResult:
     """Train ``case`` on this rank and measure it. Collective: every rank of the pool calls it.
 
-    ``perturbation`` (self-test only) makes the case slower, bigger or wrong on purpose.
+    ``perturbation`` (self-test only) makes the case slower, bigger or wrong on purpose. ``trace``: after
+    every measurement, profile that many more steps and write this rank's Chrome trace (``--profile``).
     """
     calibration = calibration_seconds(context.device)  # the machine's speed right now, on these ranks
     started = time.perf_counter()
@@ -86,6 +89,7 @@ def run_case(context: RankContext, case: Case, perturbation: Perturbation | None
             losses.append(strategy.global_loss(local_loss))
             if step >= case.warmup_steps:
                 step_seconds.append(seconds)
+            context.report_progress(step + 1, case.total_steps)
         tensors = {category: list(held_tensors) for category, held_tensors in strategy.state_tensors().items()}
         state = state_bytes(tensors)
         if perturbation and perturbation.grows_memory:
@@ -105,11 +109,17 @@ def run_case(context: RankContext, case: Case, perturbation: Perturbation | None
                 unperturbed = peak
                 peak = profiled_peak_bytes(lambda: _holding(perturbation.ballast(unperturbed, context.device), step))
             reserved = None
-        return RankResult(rank=context.rank, global_batch=data.global_batch, losses=losses, step_seconds=step_seconds,
-                          setup_seconds=setup_seconds, state_bytes=state, peak_allocated_bytes=peak,
-                          cuda_max_reserved_bytes=reserved, rss_bytes=rss_bytes(),
-                          workload=workload.describe(), fingerprint=workload.fingerprint(),
-                          calibration_seconds=calibration, patches=patches_in_force())
+        result = RankResult(rank=context.rank, global_batch=data.global_batch, losses=losses,
+                            step_seconds=step_seconds, setup_seconds=setup_seconds, state_bytes=state,
+                            peak_allocated_bytes=peak, cuda_max_reserved_bytes=reserved, rss_bytes=rss_bytes(),
+                            workload=workload.describe(), fingerprint=workload.fingerprint(),
+                            calibration_seconds=calibration, patches=patches_in_force())
+        if trace:
+            # Last, so that nothing measured above (resident memory included) sees these steps. Every rank
+            # runs as many (pipeline stages step together), on data that follows the memory steps'.
+            traced = [data.micro_batches(case.total_steps + 2 + i) for i in range(trace.steps)]
+            record_trace(trace, context.rank, context.device, lambda i: strategy.train_step(traced[i], workload.loss))
+        return result
     finally:
         # Dropping the references frees most of it; the worker runs the (slow, ~0.25 s) cycle
         # collection after answering, while the controller records the result.

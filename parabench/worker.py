@@ -63,7 +63,8 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
 
 
-def main(config: WorkerConfig, conn) -> None:
+def main(config: WorkerConfig, conn, progress: ctypes.Array[ctypes.c_longlong] | None = None) -> None:
+    """The rank's life: join the process group, then serve tasks (``progress``: see ``RankContext``)."""
     _die_with_parent()
     # Ctrl-C reaches the whole foreground process group; the controller decides how ranks end.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -91,7 +92,7 @@ def main(config: WorkerConfig, conn) -> None:
                             world_size=config.world_size,
                             timeout=datetime.timedelta(seconds=config.process_group_timeout_s))
     context = RankContext(rank=config.rank, world_size=config.world_size, local_rank=local_rank,
-                          device=device, backend=config.backend)
+                          device=device, backend=config.backend, progress=progress)
     dist.barrier()
     conn.send(("ready", os.getpid()))
     try:

@@ -81,3 +81,10 @@ def send_and_receive(context) -> list[tuple[str, tuple[int, ...]]]:
     got = [recv(0, context.device) for _ in range(2)]
     assert torch.equal(got[1], torch.arange(4, dtype=torch.float32)) and bool((got[0] == 1).all())
     return [(str(t.dtype), tuple(t.shape)) for t in got]
+
+
+def report_progress_between_waits(context, done: int, total: int, wait_s: float) -> None:
+    """Rank 0 reports ``done`` of ``total`` steps half-way through; rank 1 other numbers, which must not show."""
+    time.sleep(wait_s / 2)
+    context.report_progress(done + context.rank, total + context.rank)
+    time.sleep(wait_s / 2)

@@ -87,3 +87,20 @@ def test_families_get_their_own_ranks_and_the_least_recent_pool_is_closed_first(
     assert pools.get(1, "torch").pids == torch_pids and pools.started == 3
     pools.close()
     assert all(gone(pid) for pid in torch_pids + other)
+
+
+def test_on_wait_sees_the_steps_rank_0_reports_and_each_task_starts_from_none(manager):
+    pool = manager.get(2)
+    for done, total in [(3, 7), (1, 5)]:
+        seen: list[tuple[int, int]] = []
+        elapsed: list[float] = []
+
+        def on_wait(done_steps: int, total_steps: int, elapsed_s: float) -> None:
+            seen.append((done_steps, total_steps))
+            elapsed.append(elapsed_s)
+
+        pool.run(rank_tasks.report_progress_between_waits, done, total, 3.0, timeout_s=60, on_wait=on_wait)
+        assert (done, total) in seen
+        assert set(seen) <= {(0, 0), (done, total)}  # not rank 1's numbers, not the previous task's
+        assert elapsed == sorted(elapsed)
+    assert manager.get(2) is pool  # a callback does not break the pool

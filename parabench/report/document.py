@@ -125,7 +125,8 @@ def _write(doc: Document, run: ReportRun, base: ReportRun | None, steps: int, po
         if sweep is None:
             continue
         doc.heading(sweep.title[0].upper() + sweep.title[1:])
-        quantities = ["throughput", "time", "memory"] if sweep.name == "batch_sweep" else ["step", "speedup"]
+        quantities = (["throughput", "speedup", "time", "memory"] if sweep.name == "batch_sweep"
+                      else ["step", "speedup"])
         for quantity in quantities:
             doc.table(tables.sweep_table(sweep, quantity, steps, run))
         for quantity in (q for q in quantities if q in ("throughput", "memory", "step")):

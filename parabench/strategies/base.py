@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Iterable, Mapping
 
 import torch
@@ -27,6 +28,18 @@ class RankContext:
     local_rank: int
     device: torch.device
     backend: str
+    # (steps done, steps in all) of the running task, in memory the controller shares with its ranks;
+    # None outside a pool. Not part of the context's value.
+    progress: ctypes.Array[ctypes.c_longlong] | None = field(default=None, compare=False, repr=False)
+
+    def report_progress(self, done_steps: int, total_steps: int) -> None:
+        """Tell the controller how far the running task is: two stores to shared memory, no message.
+
+        Rank 0 speaks for all: every rank of a collective task takes the same steps.
+        """
+        if self.progress is not None and self.rank == 0:
+            self.progress[1] = total_steps
+            self.progress[0] = done_steps
 
 
 class Strategy(ABC):
