@@ -31,24 +31,24 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
-def report(args: argparse.Namespace) -> Path:
+def report(args: argparse.Namespace, command: str) -> Path:
     from parabench.report.document import render_all
     from parabench.report.runs import load, newest, resolve
 
     paths = [resolve(run, args.storage) for run in args.runs] or [newest(args.storage)]
     runs = [load(path) for path in paths]  # every file is checked before anything is written
     out = args.out or f"reports/report-{runs[-1].label}" + (f"-vs-{runs[0].label}" if len(runs) == 2 else "")
-    command = "python -m parabench report " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["report"] else args.runs)
     return render_all(runs, out, steps=args.steps, policy_path=args.policy, overwrite=args.overwrite,
-                      command=command.strip())
+                      command=command)
 
 
 def main(argv: list[str] | None = None) -> int:
     from parabench.report.runs import ReportError
 
+    argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
     try:
-        out = report(args)
+        out = report(args, f"python -m parabench {shlex.join(argv)}")
     except ReportError as error:
         print(f"parabench report: {error}", file=sys.stderr)
         return 2
