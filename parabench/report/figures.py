@@ -12,6 +12,7 @@ from parabench.report.runs import CaseRecord, machine, versions
 from parabench.report.tables import MB, Sweep, per_epoch
 
 DPI = 110
+LABELLED = 8  # regressed cases named in the comparison plot
 COINCIDE = 1e-5  # the fp32 parity tolerance: curves this close draw as one line
 
 
@@ -60,6 +61,10 @@ def sweep(path: Path, sweep: Sweep, quantity: str, source: str, steps: int) -> N
     ax.set_xscale("log", base=2)
     ax.set_xticks(sweep.knobs, [str(k) for k in sweep.knobs])
     ax.set_xlabel(f"{sweep.knob} (examples)")
+    values = [value(r) for r in records]
+    if min(values) > 0 and max(values) > 20 * statistics.median(values):  # one series would flatten the rest
+        ax.set_yscale("log")
+        ylabel += ", logarithmic axis"
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     _legend(ax, len(sweep.series))
@@ -190,9 +195,11 @@ def comparison(path: Path, points: Sequence[tuple[str, float, float, str]], sour
         chosen = [(t, m) for _, t, m, v in points if v == verdict]
         ax.scatter([100 * t for t, _ in chosen], [100 * m for _, m in chosen], s=18, alpha=0.75,
                    color=colors.get(verdict, "tab:orange"), label=f"{verdict} ({len(chosen)})")
-    for label, t, m, verdict in points:
-        if verdict == "regressed":
-            ax.annotate(label, (100 * t, 100 * m), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    # Name the worst regressions (the table lists them all), staggered so that neighbours stay readable.
+    regressed = sorted((p for p in points if p[3] == "regressed"), key=lambda p: -abs(p[1]) - abs(p[2]))
+    for i, (label, t, m, _) in enumerate(regressed[:LABELLED]):
+        ax.annotate(label, (100 * t, 100 * m), fontsize=6, xytext=(4, 6 + 9 * (i % 4) * (-1) ** i),
+                    textcoords="offset points", arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.5})
     ax.axvline(0, color="0.5", linewidth=0.7)
     ax.axhline(0, color="0.5", linewidth=0.7)
     ax.set_xlabel("median step time, change (%; now ÷ baseline − 1)")
