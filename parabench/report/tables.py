@@ -265,11 +265,11 @@ def time_to_target(run: ReportRun) -> Table | None:
     for info in sorted(run.converges, key=lambda i: (i["converge"]["case"]["strategy"] != "single",
                                                       i["converge"]["case"]["id"])):
         c = info["converge"]
-        ratio = c["seconds"] / single["seconds"] if single and single.get("seconds") and c.get("seconds") else None
+        ratio = single["seconds"] / c["seconds"] if single and single.get("seconds") and c.get("seconds") else None
         table.rows.append([c["case"]["id"], c["steps"], c["epochs"], c["seconds"], ratio,
                            c["evaluations"][-1][1] if c["evaluations"] else None])
     table.notes.append("steps: optimizer steps until the held-out accuracy first reached the target ('-': not "
-                       "reached); × single: train seconds over one process's")
+                       "reached); × single: one process's train seconds over this case's (above 1: faster)")
     return table
 
 
