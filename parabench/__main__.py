@@ -28,6 +28,9 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--steps", type=int, default=20, help="N of 'time for N steps' (default 20, as the seeds)")
     report.add_argument("--policy", default=f"{STORAGE}/policy.toml",
                         help="the gate's policy for comparing two runs (default baselines/policy.toml)")
+    report.add_argument("--time", default="judge", choices=("judge", "report"),
+                        help="comparing two runs, judge (default) step time as the gate does, or report it with the "
+                             "verdict it would get and judge only memory, loss and parity (as CI's gate does)")
     return main
 
 
@@ -39,7 +42,7 @@ def report(args: argparse.Namespace, command: str) -> Path:
     runs = [load(path) for path in paths]  # every file is checked before anything is written
     out = args.out or f"reports/report-{runs[-1].label}" + (f"-vs-{runs[0].label}" if len(runs) == 2 else "")
     return render_all(runs, out, steps=args.steps, policy_path=args.policy, overwrite=args.overwrite,
-                      command=command)
+                      command=command, judge_time=args.time == "judge")
 
 
 def main(argv: list[str] | None = None) -> int:

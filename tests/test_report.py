@@ -108,6 +108,17 @@ def test_two_runs_are_compared_with_the_gates_verdicts(sweep_run, tmp_path):
     assert "peak_allocated_bytes" in rows["test_train[torch-fsdp-adamw-vit_digits-w2-fp32]"]["why (worst metric)"]
     assert rows["test_train[torch-ddp-adamw-vit_digits-w2-fp32]"]["verdict"] == "unchanged"
     assert (out / "comparison.png").exists() and (out / "gate_rows.csv").exists()
+    slower = json.loads(sweep_run.read_text())
+    for bench in slower["benchmarks"]:
+        bench["extra_info"]["step_seconds"] = [2 * s for s in bench["extra_info"]["step_seconds"]]
+    later = write_run(sweep_run.with_name("0003_slower.json"), slower["benchmarks"])
+    for time, verdict in (("judge", "regressed"), ("report", "unchanged")):
+        out = tmp_path / f"slower-{time}"
+        assert main(["report", "1", "3", "--storage", str(sweep_run.parents[1]), "--out", str(out),
+                     "--time", time, "--policy", str(REPO / "baselines" / "policy.toml")]) == 0
+        rows = {row["case"]: row for row in read_csv(out / "baseline_vs_now.csv")}
+        assert rows["test_train[torch-ddp-adamw-vit_digits-w2-fp32]"]["verdict"] == verdict
+        assert rows["test_train[torch-ddp-adamw-vit_digits-w2-fp32]"]["Δ step"] == "1.0"
 
 
 def test_runs_are_found_by_number_or_name(sweep_run):

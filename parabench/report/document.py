@@ -48,10 +48,11 @@ class Document:
 
 def render(run: ReportRun, out: str | Path, base: ReportRun | None = None, steps: int = DEFAULT_STEPS,
            policy_path: str | Path = "baselines/policy.toml", overwrite: bool = False,
-           command: str = "") -> Path:
+           command: str = "", judge_time: bool = True) -> Path:
     """Write the report of ``run`` (against ``base`` when given) to the directory ``out``; returns it.
 
-    Refuses to replace an existing ``out`` unless ``overwrite``.
+    Refuses to replace an existing ``out`` unless ``overwrite``. ``judge_time=False``: the comparison shows
+    step time with the verdict it would get but judges only memory, loss and parity (``--bench-gate-time=report``).
     """
     if steps < 1:
         raise ReportError(f"--steps {steps}: use 1 or more (the seeds report time for 20 steps)")
@@ -64,7 +65,7 @@ def render(run: ReportRun, out: str | Path, base: ReportRun | None = None, steps
     try:
         os.chmod(staging, 0o755)
         document = Document(staging)
-        _write(document, run, base, steps, policy, command)
+        _write(document, run, base, steps, policy, command, judge_time)
         (staging / "report.md").write_text("\n".join(document.lines), encoding="utf-8")
         _swap(staging, out)
     except BaseException:
@@ -97,7 +98,8 @@ def _swap(staging: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _write(doc: Document, run: ReportRun, base: ReportRun | None, steps: int, policy, command: str) -> None:
+def _write(doc: Document, run: ReportRun, base: ReportRun | None, steps: int, policy, command: str,
+           judge_time: bool) -> None:
     infos = run.environment()
     source = f"run {run.label}" + (f" vs {base.label}" if base else "")
     doc.heading(f"parabench report: {run.label}" + (f" against {base.label}" if base else ""), 1)
@@ -112,7 +114,7 @@ def _write(doc: Document, run: ReportRun, base: ReportRun | None, steps: int, po
     doc.lines += ["- times are the slowest rank's per step, measured inside the ranks after warm-up; "
                   f"'time for {steps} steps' sums the first {steps} measured steps", ""]
     if base is not None:
-        _comparison(doc, run, base, policy, source)
+        _comparison(doc, run, base, policy, source, judge_time)
     for title, records in tables.comparisons(run):
         doc.heading(f"Strategies on {records[0].case['workload']}")
         table = tables.strategy_comparison(title, records, run, steps)
@@ -157,11 +159,14 @@ def _write(doc: Document, run: ReportRun, base: ReportRun | None, steps: int, po
         doc.lines += [f"- `{trace}`" for trace in traces] + [""]
 
 
-def _comparison(doc: Document, run: ReportRun, base: ReportRun, policy, source: str) -> None:
+def _comparison(doc: Document, run: ReportRun, base: ReportRun, policy, source: str, judge_time: bool) -> None:
     from parabench.baselines import StoredRun
     from parabench.gate import compare
 
-    report = compare(run.case_benchmarks(), [StoredRun(base.path, base.datetime, base.case_benchmarks())], policy)
+    report = compare(run.case_benchmarks(), [StoredRun(base.path, base.datetime, base.case_benchmarks())], policy,
+                     judge_time=judge_time)
+    if not judge_time:
+        report.notes.append("step time is reported, not judged (--time report)")
     doc.heading("Baseline vs now")
     doc.lines += [f"**{report.summary()}** — judged by the gate's policy; memory and loss curves against the "
                   "baseline, step time with its threshold and Mann–Whitney test", ""]
