@@ -168,8 +168,10 @@ def _comparison(doc: Document, run: ReportRun, base: ReportRun, policy, source: 
     if not judge_time:
         report.notes.append("step time is reported, not judged (--time report)")
     doc.heading("Baseline vs now")
-    doc.lines += [f"**{report.summary()}** — judged by the gate's policy; memory and loss curves against the "
-                  "baseline, step time with its threshold and Mann–Whitney test", ""]
+    how = ("step time with its threshold and Mann–Whitney test" if judge_time
+           else "step time shown with the verdict it would get, not judged")
+    doc.lines += [f"**{report.summary()}** — judged by the gate's policy: memory, loss curves and parity against "
+                  f"the baseline; {how}", ""]
     doc.lines += [f"- {note}" for note in report.notes] + ([""] if report.notes else [])
     deltas, points = tables.deltas(run, base, report)
     doc.table(deltas)
