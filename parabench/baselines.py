@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 from parabench.result import RESULT_FORMAT
 
+SAVE_ATTEMPTS = 20  # run numbers tried when other sessions save into the same folder at the same time
 RECORD_HINT = "record one with: python3 -m pytest bench/ --bench-record  (see README, 'Baselines')"
 
 
@@ -119,8 +120,16 @@ def atomic_storage_class():
     class AtomicFileStorage(FileStorage):
         # FileStorage.save writes in place (a crash leaves half a file) and asserts the name is free.
         def save(self, output_json, save):
-            output_file = self.get(f"{self._next_num}_{save}.json")
-            atomic_write(output_file, safe_dumps(output_json, ensure_ascii=True, indent=4).encode())
-            self.logger.info(f"Saved benchmark data in: {output_file}")
+            data = safe_dumps(output_json, ensure_ascii=True, indent=4).encode()
+            for _ in range(SAVE_ATTEMPTS):
+                output_file = self.get(f"{self._next_num}_{save}.json")
+                try:
+                    atomic_write(output_file, data)
+                except FileExistsError:
+                    continue  # another session saved under this number since it was counted: take the next
+                self.logger.info(f"Saved benchmark data in: {output_file}")
+                return
+            raise FileExistsError(f"{self.get('')}: {SAVE_ATTEMPTS} run numbers were taken while this run was "
+                                  f"saved; is a session saving in a loop? Nothing of this run was written")
 
     return AtomicFileStorage

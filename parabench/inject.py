@@ -2,8 +2,9 @@
 
 Two kinds, kept apart:
 
-* A **fault** (``raise``, ``hang``) is a case option (``inject=raise``): it shows in the case id and can
-  never hide in a stored result. It fires on the last rank at step ``inject_step`` (default 1).
+* A **fault** (``raise``, ``hang``, ``die`` by SIGKILL, ``grow`` memory without bound) is a case option
+  (``inject=raise``): it shows in the case id and can never hide in a stored result. It fires on the
+  last rank at step ``inject_step`` (default 1).
 * A **perturbation** (``--bench-inject``, self-test only) changes what a case measures without changing
   its id, so the gate compares it with the case's stored baseline and must flag it:
   ``slowdown=F`` (each measured step takes ``1+F`` times as long), ``memory=F`` (state bytes and the
@@ -13,6 +14,8 @@ Two kinds, kept apart:
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -21,7 +24,8 @@ import torch
 
 from parabench.case import Case
 
-FAULTS = ("raise", "hang")
+FAULTS = ("raise", "hang", "die", "grow")
+GROWTH_BYTES = 256 * 1024**2  # what a ``grow`` fault adds each round, until the pool's memory limit stops it
 
 
 class InjectedFault(RuntimeError):
@@ -41,6 +45,13 @@ def before_step(case: Case, rank: int, world_size: int, step: int) -> None:
     if fault == "hang":
         # The other ranks go on into the step's gradient all-reduce and wait there for this one.
         time.sleep(10**6)
+    if fault == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if fault == "grow":
+        held = []
+        while True:  # memory without bound: only the controller's per-rank limit (or the OS) ends it
+            held.append(torch.ones(GROWTH_BYTES // 4))
+            time.sleep(0.05)
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,9 @@ class RankSkip(Exception):
 
 # A rank that failed leaves its peers blocked in a collective; give them this long to fail too.
 PEER_GRACE_S = 3.0
-# While a task runs, the controller looks at its progress this often (when someone asked to be told).
+# While a task runs, the controller looks at its progress and its ranks' memory this often.
 PROGRESS_INTERVAL_S = 0.5
+GB = 1024**3
 
 # ``on_wait(steps done, steps in all, seconds since the task was sent)``; (0, 0) until rank 0 reports.
 ProgressCallback = Callable[[int, int, float], None]
@@ -46,8 +47,10 @@ class RankPool:
 
     def __init__(self, world_size: int, device_type: str = "cpu", backend: str = "gloo",
                  process_group_timeout_s: float = 300.0, start_timeout_s: float = 180.0, threads: int = 1,
-                 pin: bool = False):
+                 pin: bool = False, memory_limit_bytes: int | None = None):
         self.world_size = world_size
+        # A rank whose resident memory passes this is killed and its task fails (None: no limit).
+        self.memory_limit_bytes = memory_limit_bytes
         self.device_type = device_type
         self.backend = backend
         self.broken = False
@@ -125,7 +128,8 @@ class RankPool:
             for rank in pending:
                 waitables[self.connections[rank]] = rank
                 waitables[self.processes[rank].sentinel] = rank
-            wait_s = deadline - now if on_wait is None else min(deadline - now, PROGRESS_INTERVAL_S)
+            watching = on_wait is not None or self.memory_limit_bytes is not None
+            wait_s = min(deadline - now, PROGRESS_INTERVAL_S) if watching else deadline - now
             for ready in multiprocessing.connection.wait(list(waitables), timeout=wait_s):
                 rank = waitables[ready]
                 if rank not in pending:
@@ -149,6 +153,10 @@ class RankPool:
                     failures[rank] = f"rank {rank} sent an unexpected message {message!r}"
                 if failures and first_failure is None:
                     first_failure = time.monotonic()
+            for rank in self._over_memory(pending):
+                pending.discard(rank)
+                failures[rank] = self._kill_for_memory(rank)
+                first_failure = first_failure or time.monotonic()
             if on_wait is not None and pending and not failures:
                 on_wait(self.progress[0], self.progress[1], time.monotonic() - started)
         if not pending and not failures:
@@ -165,6 +173,35 @@ class RankPool:
             raise RankFailure("\n\n".join(lines))
         raise CaseTimeout(f"{what} timed out after {elapsed:.1f} s (limit {timeout_s:.0f} s)\n\n"
                           + "\n\n".join(lines[1:]))
+
+    def _over_memory(self, ranks: set[int]) -> list[int]:
+        """The ranks among ``ranks`` whose resident memory is above the limit."""
+        if self.memory_limit_bytes is None:
+            return []
+        import psutil
+
+        over = []
+        for rank in sorted(ranks):
+            try:
+                resident = psutil.Process(self.processes[rank].pid).memory_info().rss
+            except psutil.Error:  # gone already: its sentinel tells the story
+                continue
+            if resident > self.memory_limit_bytes:
+                over.append(rank)
+        return over
+
+    def _kill_for_memory(self, rank: int) -> str:
+        import psutil
+
+        try:
+            resident = psutil.Process(self.processes[rank].pid).memory_info().rss
+        except psutil.Error:
+            resident = 0
+        self.processes[rank].kill()
+        self.processes[rank].join(2)
+        return (f"rank {rank} was killed: its resident memory reached {resident / GB:.2f} GiB, over the limit of "
+                f"{self.memory_limit_bytes / GB:.2f} GiB per rank (--bench-rank-memory; raise it if the case needs "
+                f"more)")
 
     def _death(self, rank: int) -> str:
         code = self.processes[rank].exitcode

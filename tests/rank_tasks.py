@@ -38,6 +38,18 @@ def die_on_rank1(context) -> str:
     return "unreachable"
 
 
+def grow_on_rank1(context) -> str:
+    """Rank 1 holds ever more memory; rank 0 waits for it in a collective."""
+    if context.rank == 1:
+        held = []
+        while True:
+            held.append(torch.ones(64 * 1024**2 // 4))
+            time.sleep(0.01)
+    value = torch.ones(1)
+    dist.all_reduce(value)
+    return "unreachable"
+
+
 def skip_everywhere(context) -> None:
     import pytest
 

@@ -98,28 +98,30 @@ def test_failing_cases_fail_with_the_rank_story_and_the_session_goes_on(tmp_path
         import pytest
         from parabench.case import Case
 
-        CASES = [Case("torch-ddp", "sgd", "mlp-digits", 2, steps=6, options=(("inject", "raise"),)),
-                 Case("torch-ddp", "sgd", "mlp-digits", 2, steps=6, options=(("inject", "hang"),)),
-                 Case("torch-ddp", "sgd", "mlp-digits", 2, steps=6)]
+        CASES = [Case("torch-ddp", "sgd", "mlp-digits", 2, steps=6, options=(("inject", fault),))
+                 for fault in ("raise", "hang", "die", "grow")] + [Case("torch-ddp", "sgd", "mlp-digits", 2, steps=6)]
 
         @pytest.mark.parametrize("case", CASES, ids=str)
         def test_case(case, run_case):
             run_case(case)
     """)
     started = time.monotonic()
-    result = pytest_run("test_session.py", "--bench-timeout=20", cwd=directory)
+    result = pytest_run("test_session.py", "--bench-timeout=20", "--bench-rank-memory=2", cwd=directory)
     elapsed = time.monotonic() - started
     out = result.stdout
     assert result.returncode == 1, outcome(result)
-    assert "2 failed, 1 passed" in out, outcome(result)
+    assert "4 failed, 1 passed" in out, outcome(result)
+    assert "rank 1 was killed by SIGKILL" in out
+    assert "rank 1 was killed: its resident memory reached" in out and "limit of 2.00 GiB" in out
     assert "rank 1 raised InjectedFault: injected failure on rank 1 at step 1" in out
     assert "parabench/inject.py" in out  # the rank's traceback
     assert "timed out after" in out and "rank 1 still running after 20 s" in out
     assert "in before_step" in out  # rank 1's stack where it hangs
-    assert elapsed < 150
+    assert elapsed < 200
 
 
-def test_interrupt_leaves_no_rank_process(tmp_path):
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_interrupt_leaves_no_rank_process(tmp_path, how):
     directory = session_dir(tmp_path, f"""
         from tests import rank_tasks
 
@@ -134,9 +136,9 @@ def test_interrupt_leaves_no_rank_process(tmp_path):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
         time.sleep(0.2)
     ranks = [int(f.read_text()) for f in pid_files]
-    process.send_signal(signal.SIGINT)
+    process.send_signal(how)
     output = process.communicate(timeout=60)[0]
-    assert "KeyboardInterrupt" in output, output
+    assert "KeyboardInterrupt" in output, output  # reported as an interrupt, with pytest's summary
     time.sleep(0.5)
     alive = [pid for pid in ranks if not process_gone(pid)]
     assert not alive, f"rank processes {alive} outlived the interrupted session"

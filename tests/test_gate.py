@@ -232,3 +232,20 @@ def test_a_malformed_policy_names_the_file_and_the_key(tmp_path, text, message):
 def test_the_committed_policy_loads():
     rules = POLICY.rules(CASE_ID, "cpu")
     assert rules.loss.exact and rules.memory["rss_bytes"].informational
+
+
+def test_a_run_saved_while_another_session_takes_its_number_gets_the_next(tmp_path, monkeypatch):
+    import logging
+
+    from parabench.baselines import atomic_storage_class
+
+    storage_class = atomic_storage_class()
+    storage = storage_class(tmp_path, logging.getLogger("test"), "machine")
+    taken = storage.get("0001_mine.json")
+    taken.write_text("{}")  # another session's run of the same name, saved after this one counted the files
+    counts = iter(["0001"])
+    real = storage_class._next_num
+    monkeypatch.setattr(storage_class, "_next_num", property(lambda self: next(counts, None) or real.fget(self)))
+    storage.save({"benchmarks": []}, "mine")
+    assert taken.read_text() == "{}"
+    assert json.loads(storage.get("0002_mine.json").read_text()) == {"benchmarks": []}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -104,3 +105,16 @@ def test_on_wait_sees_the_steps_rank_0_reports_and_each_task_starts_from_none(ma
         assert set(seen) <= {(0, 0), (done, total)}  # not rank 1's numbers, not the previous task's
         assert elapsed == sorted(elapsed)
     assert manager.get(2) is pool  # a callback does not break the pool
+
+
+def test_a_rank_over_its_memory_limit_is_killed_named_and_the_pool_rebuilt():
+    pools = PoolManager(process_group_timeout_s=120, memory_limit_bytes=1024**3)
+    try:
+        error, elapsed = fail_then_recover(pools, rank_tasks.grow_on_rank1, 120, RankFailure)
+    finally:
+        pools.close()
+    message = str(error)
+    assert "rank 1 was killed: its resident memory reached" in message
+    assert "over the limit of 1.00 GiB per rank (--bench-rank-memory" in message
+    assert re.search(r"rank 0 (raised|still running after its peers failed)", message)  # its story, not a hang
+    assert elapsed < 60
