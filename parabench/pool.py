@@ -115,7 +115,8 @@ class RankPool:
         started = time.monotonic()
         deadline = started + timeout_s
         answers: dict[int, tuple] = {}
-        failures: dict[int, str] = {}
+        failures: dict[int, str] = {}  # in the order they were seen
+        deaths: set[int] = set()       # ranks that died or were killed (never a peer's casualty)
         pending = set(range(self.world_size))
         first_failure: float | None = None
         while pending:
@@ -145,6 +146,7 @@ class RankPool:
                 if message is None:
                     self.processes[rank].join(1)
                     failures[rank] = self._death(rank)
+                    deaths.add(rank)
                 elif message[0] == "error":
                     failures[rank] = f"rank {rank} raised {message[1]}\n{message[2]}"
                 elif accept(rank, message):
@@ -156,6 +158,7 @@ class RankPool:
             for rank in self._over_memory(pending):
                 pending.discard(rank)
                 failures[rank] = self._kill_for_memory(rank)
+                deaths.add(rank)
                 first_failure = first_failure or time.monotonic()
             if on_wait is not None and pending and not failures:
                 on_wait(self.progress[0], self.progress[1], time.monotonic() - started)
@@ -164,7 +167,11 @@ class RankPool:
         self.broken = True
         stacks = self._dump_stacks(sorted(pending))
         elapsed = timeout_s - max(0.0, deadline - time.monotonic())
-        lines = [f"{what} failed on {self.world_size} ranks:"] + [failures[r] for r in sorted(failures)]
+        # The cause first: a rank that died or was killed cannot be a peer's casualty, and otherwise the
+        # first failure seen usually caused the rest (peers then fail on their broken collectives).
+        seen = list(failures)
+        causes = sorted(failures, key=lambda r: (r not in deaths, seen.index(r)))
+        lines = [f"{what} failed on {self.world_size} ranks:"] + [failures[r] for r in causes]
         for rank in sorted(pending):
             lines.append(f"rank {rank} still running after {'its peers failed' if failures else f'{timeout_s:.0f} s'}; "
                          f"its Python stacks:\n{stacks[rank]}")
