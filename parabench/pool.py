@@ -155,9 +155,9 @@ class RankPool:
                     failures[rank] = f"rank {rank} sent an unexpected message {message!r}"
                 if failures and first_failure is None:
                     first_failure = time.monotonic()
-            for rank in self._over_memory(pending):
+            for rank, resident in self._over_memory(pending):
                 pending.discard(rank)
-                failures[rank] = self._kill_for_memory(rank)
+                failures[rank] = self._kill_for_memory(rank, resident)
                 deaths.add(rank)
                 first_failure = first_failure or time.monotonic()
             if on_wait is not None and pending and not failures:
@@ -181,8 +181,8 @@ class RankPool:
         raise CaseTimeout(f"{what} timed out after {elapsed:.1f} s (limit {timeout_s:.0f} s)\n\n"
                           + "\n\n".join(lines[1:]))
 
-    def _over_memory(self, ranks: set[int]) -> list[int]:
-        """The ranks among ``ranks`` whose resident memory is above the limit."""
+    def _over_memory(self, ranks: set[int]) -> list[tuple[int, int]]:
+        """(rank, resident bytes) of the ranks among ``ranks`` whose resident memory is above the limit."""
         if self.memory_limit_bytes is None:
             return []
         import psutil
@@ -194,16 +194,10 @@ class RankPool:
             except psutil.Error:  # gone already: its sentinel tells the story
                 continue
             if resident > self.memory_limit_bytes:
-                over.append(rank)
+                over.append((rank, resident))
         return over
 
-    def _kill_for_memory(self, rank: int) -> str:
-        import psutil
-
-        try:
-            resident = psutil.Process(self.processes[rank].pid).memory_info().rss
-        except psutil.Error:
-            resident = 0
+    def _kill_for_memory(self, rank: int, resident: int) -> str:
         self.processes[rank].kill()
         self.processes[rank].join(2)
         return (f"rank {rank} was killed: its resident memory reached {resident / GB:.2f} GiB, over the limit of "

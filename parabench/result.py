@@ -12,6 +12,12 @@ from parabench.case import Case
 RESULT_FORMAT = 1
 
 
+def high_water_bytes(state_total: int, peak_allocated: int | None, cuda: bool) -> int:
+    """One rank's high-water mark: on CUDA max allocated; on CPU, where the profiled peak is the step's
+    rise above what it starts with, the state it holds plus that rise."""
+    return (peak_allocated or 0) if cuda else state_total + (peak_allocated or 0)
+
+
 @dataclass(frozen=True)
 class RankResult:
     """One rank's measurements of one case."""
@@ -68,11 +74,9 @@ class CaseResult:
 
     @property
     def max_high_water_bytes(self) -> int:
-        """The largest rank's high-water mark: on CUDA max allocated; on CPU, where the profiled peak is
-        the step's rise above what it starts with, the state it holds plus that rise."""
-        if self.environment.get("device") == "cuda":
-            return self.max_peak_allocated_bytes
-        return max(r.state_bytes["total"] + (r.peak_allocated_bytes or 0) for r in self.ranks)
+        """The largest rank's high-water mark (see ``high_water_bytes``)."""
+        cuda = self.environment.get("device") == "cuda"
+        return max(high_water_bytes(r.state_bytes["total"], r.peak_allocated_bytes, cuda) for r in self.ranks)
 
     @property
     def global_batch(self) -> int:

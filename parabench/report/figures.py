@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from parabench.report.runs import CaseRecord, machine, versions
+from parabench.report.runs import STRATEGY_ONLY, CaseRecord, machine, versions
 from parabench.report.tables import MB, Sweep, per_epoch
 
 DPI = 110
@@ -96,7 +96,7 @@ def memory_per_rank(path: Path, title: str, records: Sequence[CaseRecord], sourc
         for y, value in zip(ys, high):
             ax.annotate(f"{value:.1f}", (value, y), xytext=(2, 0), textcoords="offset points", va="center",
                         fontsize=6)
-    ax.set_yticks(range(len(records)), [r.label(("optimizer", "workload", "precision", "batch")) for r in records],
+    ax.set_yticks(range(len(records)), [r.label(STRATEGY_ONLY) for r in records],
                   fontsize=7.5)
     ax.invert_yaxis()
     if logarithmic:
@@ -116,12 +116,12 @@ def loss_curves(path: Path, title: str, records: Sequence[CaseRecord], source: s
     styles = ["-", "--", ":", "-."]
     for i, r in enumerate(records):
         ax.plot(range(len(r.losses)), r.losses, linestyle=styles[(i // 10) % len(styles)], linewidth=1.1,
-                label=r.label(("optimizer", "workload", "precision", "batch")))
+                label=r.label(STRATEGY_ONLY))
     reference = records[0].losses
     same = sum(1 for r in records[1:] if len(r.losses) == len(reference)
                and max(abs(a - b) for a, b in zip(r.losses, reference)) <= COINCIDE)
     if same:
-        first = records[0].label(("optimizer", "workload", "precision", "batch"))
+        first = records[0].label(STRATEGY_ONLY)
         ax.set_title(f"{same} of {len(records) - 1} curves coincide with {first}'s (every step within {COINCIDE:g})",
                      fontsize=8.5)
     ax.set_xlabel("optimizer step (warm-up included)")

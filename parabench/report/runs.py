@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 
 from parabench.baselines import BaselineError, StoredRun, load_run
 from parabench.keys import hardware_name
+from parabench.result import high_water_bytes
 
 _NUMBER = re.compile(r"\d{1,4}")
 # What each kind of benchmark must hold for the report to read it (the result format's keys).
@@ -17,6 +18,9 @@ _CASE_KEYS = ("loss", "step_seconds", "global_batch", "state_bytes", "peak_alloc
 _STEP_BENCH_KEYS = ("step_seconds", "mean_step_seconds", "speed_up_over_adafactor")
 _CONVERGE_KEYS = ("case", "target", "steps", "epochs", "seconds", "evaluations", "loss", "global_batch",
                   "train_examples")
+
+
+STRATEGY_ONLY = ("optimizer", "workload", "precision", "batch")  # a label that names the strategy and its options
 
 
 class ReportError(ValueError):
@@ -123,11 +127,9 @@ class CaseRecord:
 
     @property
     def high_water_bytes(self) -> list[int]:
-        """Per rank: CUDA max allocated; on CPU the state held plus the profiled step's rise above it."""
-        peaks = [p or 0 for p in self.info["peak_allocated_bytes"]]
-        if self.on_cuda:
-            return peaks
-        return [state + peak for state, peak in zip(self.state_bytes, peaks)]
+        """Per rank (see ``parabench.result.high_water_bytes``)."""
+        return [high_water_bytes(state, peak, self.on_cuda)
+                for state, peak in zip(self.state_bytes, self.info["peak_allocated_bytes"])]
 
     @property
     def reserved_bytes(self) -> list[int] | None:

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from parabench.report.runs import CaseRecord, ReportRun
+from parabench.report.runs import STRATEGY_ONLY, CaseRecord, ReportRun
 
 MB = 1e6
 
@@ -150,7 +150,7 @@ def strategy_comparison(title: str, records: Sequence[CaseRecord], run: ReportRu
                            "state per rank (MB)": _mb, "final loss": lambda v: f"{v:.4f}"})
     for r in records:
         single = single_of(r, run)
-        table.rows.append([r.label(("optimizer", "workload", "precision", "batch")), r.world_size,
+        table.rows.append([r.label(STRATEGY_ONLY), r.world_size,
                            r.samples_per_second,
                            single.median_step_seconds / r.median_step_seconds if single else None,
                            r.seconds_for(steps), r.high_water_bytes, r.state_bytes, r.losses[-1]])
