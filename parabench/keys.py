@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Sequence
 
-KEY_FIELDS = ("device", "hardware", "world_size", "precision", "threads_per_rank", "pinned", "versions",
+KEY_FIELDS = ("device", "hardware", "world_size", "nodes", "precision", "threads_per_rank", "pinned", "versions",
               "fingerprint", "steps")
 
 
@@ -28,6 +28,8 @@ def machine_key(extra_info: Mapping[str, Any], fields: Sequence[str] = KEY_FIELD
         "device": extra_info.get("device"),
         "hardware": hardware_name(extra_info.get("hardware", {})),
         "world_size": extra_info.get("world_size", case.get("world_size")),
+        # Ranks spread over several machines (a torchrun or srun launch) step at another pace than on one.
+        "nodes": extra_info.get("launch", {}).get("nodes", 1),
         "precision": case.get("precision"),
         "threads_per_rank": extra_info.get("threads_per_rank"),
         "pinned": extra_info.get("pinned", False),

@@ -47,6 +47,9 @@ class Machine:
 
     cuda_devices: int
     max_cpu_world_size: int
+    # Under a launcher (torchrun, srun): its world size. Cases run on all of its ranks, or one-process
+    # cases on rank 0; no other world size can.
+    launched_world_size: int | None = None
 
     @property
     def device(self) -> str:
@@ -83,7 +86,12 @@ def unmet(who: str, req: Requirements, world_size: int, machine: Machine) -> str
         return f"{who} runs on at most {req.max_world_size} ranks (case has {world_size})"
     if world_size % req.world_size_multiple_of:
         return f"{who} needs a world size divisible by {req.world_size_multiple_of}"
-    if world_size > machine.max_world_size():
+    if machine.launched_world_size is not None:
+        if world_size not in (1, machine.launched_world_size):
+            return (f"needs {world_size} ranks; this launch has {machine.launched_world_size} (launch "
+                    f"{world_size} ranks in all, e.g. torchrun --nnodes N --nproc-per-node {world_size}/N, or run "
+                    f"without a launcher)")
+    elif world_size > machine.max_world_size():
         if machine.cuda_devices:
             return f"needs {world_size} ranks; this machine has {machine.cuda_devices} CUDA device(s)"
         return (f"needs {world_size} ranks; CPU runs are limited to {machine.max_cpu_world_size} "

@@ -52,7 +52,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -71,7 +71,7 @@ def main(config: WorkerConfig, conn, progress: ctypes.Array[ctypes.c_longlong] |
     stacks = open(config.stack_path, "w", buffering=1)
     faulthandler.enable(file=stacks, all_threads=True)
     faulthandler.register(STACK_SIGNAL, file=stacks, all_threads=True)
-    _quiet_libraries()
+    quiet_libraries()
 
     import torch
     import torch.distributed as dist

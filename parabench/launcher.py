@@ -1,0 +1,533 @@
+"""Sessions started by a launcher the user already has (torchrun, srun): each pytest process is a rank.
+
+Under ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set) or ``srun``
+(``--bench-launcher=slurm``: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID), every rank runs the same
+pytest session. The cases then run in the ranks' own process group, joined once through the
+launcher's rendezvous, instead of in spawned pools. The ranks keep in step through the launcher's
+key-value store (``Peers``): they agree on what they collected, on every task's outcome and on
+every test's outcome, so that a failure or a skip on one rank is every rank's, and none is left
+waiting in a collective its peers will never join.
+
+A task that fails on a rank (it raised, outlived ``--bench-timeout``, or passed the per-rank memory
+limit) fails on every rank; the process group is then rebuilt and the session goes on. A rank that
+dies takes the launch with it: its peers notice its silence, say which rank was lost, and end the
+session (the launcher owns the processes; it cannot add one back).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import faulthandler
+import os
+import pickle
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping
+
+from parabench.pool import GB, CaseTimeout, PoolManager, ProgressCallback, RankFailure, RankSkip
+
+LAUNCHERS = ("auto", "spawn", "env", "slurm")
+# The variables a launcher sets for every rank (torchrun's, which DeepSpeed and ColossalAI read too).
+RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+# A rank not heard from for this long is gone (its heartbeat is written every HEARTBEAT_S).
+HEARTBEAT_S = 1.0
+SILENT_S = 20.0
+# How long ranks wait for each other to start the same task, and what a task's peers allow past its time-out.
+START_TIMEOUT_S = 300.0
+GRACE_S = 30.0
+# A rank stuck where no signal reaches (inside a C++ call that ignores its own time-out) is ended this long
+# after its task's time-out: it prints its stacks and exits, and its peers report it lost.
+LAST_RESORT_S = 120.0
+POOL_START_S = 180.0  # rank 0's own pool for one-process tasks may have to start first
+
+
+class LaunchError(ValueError):
+    """The launcher's environment is incomplete or contradictory; the message names the fix."""
+
+
+class PeerLost(RuntimeError):
+    """A rank stopped answering, or the ranks are no longer at the same point: the launch cannot go on."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """This process's place in a launch: its rank, the world, and where the rendezvous store is."""
+
+    launcher: str  # "torchrun" (or any launcher that sets torchrun's variables) or "slurm"
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    master_addr: str
+    master_port: int
+
+    @property
+    def nodes(self) -> int:
+        return max(1, self.world_size // max(1, self.local_world_size))
+
+    @property
+    def writes(self) -> bool:
+        """Only rank 0 writes results, reports and the progress file."""
+        return self.rank == 0
+
+    def describe(self) -> dict[str, object]:
+        return {"launcher": self.launcher, "world_size": self.world_size, "nodes": self.nodes,
+                "ranks_per_node": self.local_world_size}
+
+    def export(self, environ: dict[str, str] = os.environ) -> None:  # type: ignore[assignment]
+        """Set torchrun's variables, which the frameworks (DeepSpeed, ColossalAI) read."""
+        values = (self.rank, self.world_size, self.local_rank, self.local_world_size, self.master_addr,
+                  self.master_port)
+        environ.update({name: str(value) for name, value in zip(RANK_VARIABLES, values)})
+
+
+def detect(choice: str = "auto", environ: Mapping[str, str] = os.environ) -> Launch | None:
+    """The launch this process is part of; None when the suite should spawn its own ranks.
+
+    ``auto``: a launch when RANK and WORLD_SIZE are set (torchrun, or ``srun`` exporting them);
+    ``spawn``: never; ``env``: torchrun's variables, required; ``slurm``: srun's variables.
+    """
+    if choice not in LAUNCHERS:
+        raise LaunchError(f"--bench-launcher={choice}: use one of {', '.join(LAUNCHERS)}")
+    if choice == "spawn":
+        return None
+    if choice == "slurm":
+        return _from_slurm(environ)
+    if choice == "auto" and not ("RANK" in environ and "WORLD_SIZE" in environ):
+        return None
+    return _from_torchrun(environ)
+
+
+def _integer(environ: Mapping[str, str], name: str, default: int | None = None, *, fix: str) -> int:
+    text = environ.get(name)
+    if text is None or text == "":
+        if default is None:
+            raise LaunchError(f"{name} is not set; {fix}")
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise LaunchError(f"{name}={text!r} is not a whole number; {fix}") from None
+
+
+def _checked(launch: Launch, fix: str) -> Launch:
+    if launch.world_size < 1 or not 0 <= launch.rank < launch.world_size:
+        raise LaunchError(f"rank {launch.rank} of a world of {launch.world_size} is impossible; {fix}")
+    if not 0 <= launch.local_rank < launch.local_world_size or launch.local_world_size > launch.world_size:
+        raise LaunchError(f"local rank {launch.local_rank} of {launch.local_world_size} ranks on this node (world "
+                          f"{launch.world_size}) is impossible; {fix}")
+    if not 0 < launch.master_port < 65536:
+        raise LaunchError(f"MASTER_PORT={launch.master_port} is not a port; {fix}")
+    return launch
+
+
+def _from_torchrun(environ: Mapping[str, str]) -> Launch:
+    fix = ("start pytest with torchrun (e.g. torchrun --nnodes 2 --nproc-per-node 1 --node-rank N --master-addr HOST "
+           "--master-port PORT -m pytest bench/), or pass --bench-launcher=spawn to let the suite spawn its ranks")
+    world_size = _integer(environ, "WORLD_SIZE", fix=fix)
+    master_addr = environ.get("MASTER_ADDR")
+    if not master_addr:
+        raise LaunchError(f"MASTER_ADDR is not set; {fix}")
+    return _checked(Launch("torchrun", rank=_integer(environ, "RANK", fix=fix), world_size=world_size,
+                           local_rank=_integer(environ, "LOCAL_RANK", 0, fix=fix),
+                           local_world_size=_integer(environ, "LOCAL_WORLD_SIZE", world_size, fix=fix),
+                           master_addr=master_addr, master_port=_integer(environ, "MASTER_PORT", fix=fix)), fix)
+
+
+def _from_slurm(environ: Mapping[str, str]) -> Launch:
+    """srun's task variables; the rendezvous host is MASTER_ADDR (on one node, this node)."""
+    fix = ("run pytest as srun's tasks (srun --nodes N --ntasks-per-node K python -m pytest bench/ "
+           "--bench-launcher=slurm) with MASTER_ADDR set to the first node's address (README, 'Launchers')")
+    world_size = _integer(environ, "SLURM_NTASKS", fix=fix)
+    nodes = _integer(environ, "SLURM_STEP_NUM_NODES", _integer(environ, "SLURM_NNODES", 1, fix=fix), fix=fix)
+    master_addr = environ.get("MASTER_ADDR") or ("127.0.0.1" if nodes == 1 else "")
+    if not master_addr:
+        raise LaunchError("MASTER_ADDR is not set and the step spans several nodes; export MASTER_ADDR=$(scontrol "
+                          "show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1) before srun")
+    # One port per job and step, so that two jobs sharing a node do not meet at one store.
+    default_port = 20000 + (_integer(environ, "SLURM_JOB_ID", 0, fix=fix) * 7
+                            + _integer(environ, "SLURM_STEP_ID", 0, fix=fix)) % 20000
+    return _checked(Launch("slurm", rank=_integer(environ, "SLURM_PROCID", fix=fix), world_size=world_size,
+                           local_rank=_integer(environ, "SLURM_LOCALID", fix=fix),
+                           local_world_size=max(1, world_size // max(1, nodes)), master_addr=master_addr,
+                           master_port=_integer(environ, "MASTER_PORT", default_port, fix=fix)), fix)
+
+
+# -- keeping in step ---------------------------------------------------------------------------------------------
+
+
+class Peers:
+    """The launch's ranks exchanging small values through the launcher's store.
+
+    ``exchange(tag, value)`` is a step every rank takes: it returns each rank's ``(tag, value)``.
+    Polling with short store calls (never one long blocking wait) lets a thread keep this rank's
+    heartbeat going, so that a rank that died is named within ``SILENT_S`` instead of a time-out.
+    """
+
+    def __init__(self, store, rank: int, world_size: int, silent_s: float = SILENT_S) -> None:
+        self.store, self.rank, self.world_size, self.silent_s = store, rank, world_size, silent_s
+        self.sequence = 0
+        self.lock = threading.Lock()  # one store connection, shared with the heartbeat thread
+        self.broken: str | None = None
+        self._stop = threading.Event()
+        self._beat()
+        self._heart = threading.Thread(target=self._heartbeat, name="parabench-heartbeat", daemon=True)
+        self._heart.start()
+
+    def _beat(self) -> None:
+        with self.lock:
+            self.store.add(f"alive/{self.rank}", 1)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self._beat()
+            except Exception:  # noqa: BLE001 — the store is gone: the launch is ending
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def exchange(self, tag: Any, value: Any = None, timeout_s: float = START_TIMEOUT_S) -> list[tuple[Any, Any]]:
+        """Every rank's ``(tag, value)`` at this step, in rank order; ``PeerLost`` when one never comes."""
+        if self.broken:
+            raise PeerLost(self.broken)
+        self.sequence += 1
+        prefix = f"step/{self.sequence}/"
+        keys = [prefix + str(rank) for rank in range(self.world_size)]
+        with self.lock:
+            if self.sequence > 2:  # every rank has read step n-2 once it has written step n-1
+                self.store.delete_key(f"step/{self.sequence - 2}/{self.rank}")
+            self.store.set(keys[self.rank], pickle.dumps((tag, value)))
+        started = time.monotonic()
+        heard = {rank: (-1, started) for rank in range(self.world_size)}  # (beats seen, when they changed)
+        pause = 0.001
+        while True:
+            with self.lock:
+                done = self.store.check(keys)
+            if done:
+                break
+            now = time.monotonic()
+            if now - started > timeout_s:
+                self._fail(f"rank(s) {', '.join(map(str, self._missing(keys)))} did not reach step "
+                           f"{tag!r} within {timeout_s:.0f} s")
+            for rank in self._missing(keys):
+                with self.lock:
+                    beats = self.store.add(f"alive/{rank}", 0)
+                if beats != heard[rank][0]:
+                    heard[rank] = (beats, now)
+                elif now - heard[rank][1] > self.silent_s:
+                    self._fail(f"rank {rank} stopped answering (no heartbeat for {self.silent_s:.0f} s: it died or "
+                               f"was killed) while this rank waited at {tag!r}")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        with self.lock:
+            values = self.store.multi_get(keys)
+        return [pickle.loads(value) for value in values]
+
+    def _missing(self, keys: list[str]) -> list[int]:
+        with self.lock:
+            return [rank for rank, key in enumerate(keys) if not self.store.check([key])]
+
+    def _fail(self, why: str) -> None:
+        self.broken = f"the launch lost its step: {why}"
+        raise PeerLost(self.broken)
+
+
+# -- one task on every rank, in this process ---------------------------------------------------------------------
+
+
+class TaskTimedOut(RuntimeError):
+    """Raised in a rank's main thread when its task outlives ``--bench-timeout``."""
+
+
+class MemoryLimitExceeded(MemoryError):
+    """Raised in a rank's main thread when its resident memory passes the per-rank limit."""
+
+
+@contextlib.contextmanager
+def guarded(timeout_s: float, memory_limit_bytes: int | None) -> Iterator[None]:
+    """Run the body under a time-out and a resident-memory limit, each raised in this (main) thread.
+
+    The alarm interrupts Python code (a sleep, a loop) and fires as soon as a C++ call returns, and
+    the process group's own time-out bounds its collectives. What neither reaches ends the process
+    ``LAST_RESORT_S`` later, after printing its stacks (faulthandler).
+    """
+    main = threading.get_ident()
+    stop = threading.Event()
+    over: list[int] = []
+
+    def on_alarm(signum, frame):
+        raise TaskTimedOut(f"still running after {timeout_s:.0f} s (--bench-timeout); where it was is below")
+
+    def on_memory(signum, frame):
+        raise MemoryLimitExceeded(f"its resident memory reached {over[0] / GB:.2f} GiB, over the limit of "
+                                  f"{memory_limit_bytes / GB:.2f} GiB per rank (--bench-rank-memory; raise it if the "
+                                  f"case needs more)")
+
+    def watch_memory() -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not stop.wait(0.5):
+            resident = me.memory_info().rss
+            if resident > memory_limit_bytes:
+                over.append(resident)
+                signal.pthread_kill(main, MEMORY_SIGNAL)
+                return
+
+    previous = {signal.SIGALRM: signal.signal(signal.SIGALRM, on_alarm),
+                MEMORY_SIGNAL: signal.signal(MEMORY_SIGNAL, on_memory)}
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    faulthandler.dump_traceback_later(timeout_s + LAST_RESORT_S, exit=True)
+    watcher = None
+    if memory_limit_bytes:
+        watcher = threading.Thread(target=watch_memory, name="parabench-memory", daemon=True)
+        watcher.start()
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        faulthandler.cancel_dump_traceback_later()
+        stop.set()
+        if watcher is not None:
+            watcher.join()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+MEMORY_SIGNAL = signal.SIGUSR2
+
+
+class LaunchedPools:
+    """``PoolManager``'s interface for a launched session: tasks run in this process, on the launch's group.
+
+    A task of the launch's world size runs on every rank here; a one-process task (a reference) runs
+    on rank 0 only, in a spawned pool of one, and its result is shared with the other ranks. Other
+    world sizes are skipped at collection (``parabench.requirements``).
+    """
+
+    def __init__(self, launch: Launch, device_type: str, backend: str, process_group_timeout_s: float,
+                 threads: int = 1, pin: bool = False, memory_limit_bytes: int | None = None,
+                 **local_options: Any) -> None:
+        import torch
+        import torch.distributed as dist
+
+        from parabench.strategies.base import RankContext
+        from parabench.worker import pinned_cpus, quiet_libraries
+
+        self.launch, self.device_type, self.backend = launch, device_type, backend
+        self.memory_limit_bytes = memory_limit_bytes
+        self.timeout = datetime.timedelta(seconds=process_group_timeout_s)
+        self.started = 0  # pools spawned (rank 0's one-process pools)
+        self.rebuilt = 0  # times the process group was rebuilt after a failed task
+        self._local: PoolManager | None = None
+        self._local_options = dict(local_options, threads=threads, pin=pin, memory_limit_bytes=memory_limit_bytes,
+                                   process_group_timeout_s=process_group_timeout_s)
+        quiet_libraries()
+        torch.set_num_threads(threads)
+        cores = pinned_cpus(launch.local_rank, launch.local_world_size, threads) if pin else None
+        if cores and device_type == "cpu":
+            os.sched_setaffinity(0, cores)
+        if device_type == "cuda":
+            torch.cuda.set_device(launch.local_rank)
+            device = torch.device("cuda", launch.local_rank)
+        else:
+            device = torch.device("cpu")
+        launch.export()
+        store, rank, world_size = next(dist.rendezvous("env://", timeout=self.timeout))
+        self.store = store
+        self.peers = Peers(dist.PrefixStore("parabench/peers", store), rank, world_size)
+        self.generation = 0
+        self._join()
+        self.context = RankContext(rank=rank, world_size=world_size, local_rank=launch.local_rank, device=device,
+                                   backend=backend)
+
+    @property
+    def pinned(self) -> bool:
+        from parabench.worker import pinned_cpus
+
+        return bool(self._local_options["pin"]) and self.device_type == "cpu" and bool(
+            pinned_cpus(self.launch.local_rank, self.launch.local_world_size, self._local_options["threads"]))
+
+    def _join(self) -> None:
+        import torch.distributed as dist
+
+        dist.init_process_group(self.backend, store=dist.PrefixStore(f"parabench/group{self.generation}", self.store),
+                                 rank=self.launch.rank, world_size=self.launch.world_size, timeout=self.timeout)
+        dist.barrier()
+
+    def _leave(self, abort: bool = False) -> None:
+        """Leave the process group; ``abort``: close its connections now, though a failed task still holds it."""
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            return
+        if abort:
+            # Closes its connections even where something still holds the group: a peer blocked receiving
+            # from this rank then fails at once (one blocked sending still waits for the group's time-out).
+            try:
+                dist.distributed_c10d._abort_process_group()
+                return
+            except (AttributeError, RuntimeError, ValueError):
+                pass
+        dist.destroy_process_group()
+
+    def _rebuild(self) -> None:
+        """A fresh process group after a failed task: a failed or timed-out collective leaves the old one unusable."""
+        self._leave()
+        self.generation += 1
+        self.rebuilt += 1
+        self._join()
+
+    def get(self, world_size: int, family: str = "") -> "_LaunchedPool":
+        if world_size not in (1, self.launch.world_size):
+            raise ValueError(f"a task on {world_size} ranks cannot run in a launch of {self.launch.world_size}; "
+                             f"launch {world_size} ranks, or run without a launcher")
+        return _LaunchedPool(self, world_size, family)
+
+    def run(self, world_size: int, function: Callable[..., Any], *args: Any, timeout_s: float,
+            on_wait: ProgressCallback | None = None) -> list[Any]:
+        return self.get(world_size).run(function, *args, timeout_s=timeout_s, on_wait=on_wait)
+
+    def local(self) -> PoolManager:
+        """Rank 0's spawned pools, for one-process tasks."""
+        if self._local is None:
+            self._local = PoolManager(device_type=self.device_type, backend=self.backend, **self._local_options)
+        return self._local
+
+    def close(self) -> None:
+        if self._local is not None:
+            self.started += self._local.started
+            self._local.close()
+            self._local = None
+        self.peers.close()
+        try:
+            self._leave()
+        except Exception:  # noqa: BLE001 — a broken group at exit has nothing left to say
+            pass
+
+
+def task_tag(function: Callable, args: tuple, world_size: int) -> tuple:
+    first = args[0] if args else None
+    return ("task", getattr(function, "__name__", "task"), getattr(first, "id", repr(first)[:200]), world_size)
+
+
+class _LaunchedPool:
+    """One task's way onto the launch: every rank (world size W) or rank 0 alone (world size 1)."""
+
+    def __init__(self, pools: LaunchedPools, world_size: int, family: str) -> None:
+        self.pools, self.world_size, self.family = pools, world_size, family
+        self.broken = False
+
+    def run(self, function: Callable[..., Any], *args: Any, timeout_s: float,
+            on_wait: ProgressCallback | None = None) -> list[Any]:
+        peers = self.pools.peers
+        tag = task_tag(function, args, self.world_size)
+        starts = peers.exchange(("start", tag))
+        behind = [(rank, value) for rank, (other, value) in enumerate(starts) if other[0] == "report"]
+        if behind:
+            # A rank finished its test before this task: it failed (or skipped) there. It repeats its report,
+            # which meets this rank's own report of the task it did not start.
+            rank, (outcome, text) = behind[0]
+            raise RankFailure(f"{tag[1]} did not start: rank {rank} {outcome} its test before it:\n{text}")
+        if any(other != ("start", tag) for other, _ in starts):
+            peers._fail("ranks are at different tasks: " + "; ".join(
+                f"rank {rank} at {other!r}" for rank, (other, _) in enumerate(starts)))
+        if self.world_size == 1:
+            return self._on_rank_zero(function, args, timeout_s, on_wait, tag)
+        return self._on_every_rank(function, args, timeout_s, tag)
+
+    def _on_every_rank(self, function, args, timeout_s: float, tag: tuple) -> list[Any]:
+        from parabench.worker import release_memory
+
+        pools = self.pools
+        started = time.monotonic()
+        try:
+            with guarded(timeout_s, pools.memory_limit_bytes):
+                mine = ("ok", function(pools.context, *args))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as error:  # noqa: BLE001 — every rank hears of it
+            mine = _failed(pools.launch.rank, error)
+        release_memory(pools.context)
+        if mine[0] == "error":  # a peer waiting in a collective with this rank fails now, not at its time-out
+            pools._leave(abort=True)
+        waited = time.monotonic() - started
+        answers = [value for _, value in pools.peers.exchange(("done", tag), mine,
+                                                              max(GRACE_S, timeout_s + GRACE_S - waited))]
+        return _agreed(answers, tag[1], timeout_s, rebuild=pools._rebuild)
+
+    def _on_rank_zero(self, function, args, timeout_s: float, on_wait, tag: tuple) -> list[Any]:
+        pools = self.pools
+        mine: tuple = ("waited", None)
+        if pools.launch.rank == 0:
+            try:
+                mine = ("ok", pools.local().get(1, self.family).run(function, *args, timeout_s=timeout_s,
+                                                                     on_wait=on_wait))
+            except RankSkip as skip:
+                mine = ("skip", str(skip))
+            except RankFailure as failure:
+                mine = ("error", time.time(), str(failure), isinstance(failure, CaseTimeout))
+        answers = [value for _, value in pools.peers.exchange(("done", tag), mine,
+                                                              timeout_s + POOL_START_S + GRACE_S)]
+        outcome = answers[0]
+        if outcome[0] == "error":
+            raise (CaseTimeout if outcome[3] else RankFailure)(outcome[2])
+        if outcome[0] == "skip":
+            raise RankSkip(outcome[1])
+        return outcome[1]
+
+
+def _failed(rank: int, error: BaseException) -> tuple:
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    if isinstance(error, TaskTimedOut):
+        story = f"rank {rank} timed out: {error}\n{text}"
+    elif isinstance(error, MemoryLimitExceeded):
+        story = f"rank {rank} was stopped: {error}"
+    elif type(error).__name__ == "Skipped":  # pytest.skip() inside the task
+        return ("skip", str(getattr(error, "msg", error)))
+    else:
+        story = f"rank {rank} raised {type(error).__name__}: {error}\n{text}"
+    return ("error", time.time(), story, isinstance(error, TaskTimedOut))
+
+
+def _agreed(answers: list[tuple], what: str, timeout_s: float, rebuild: Callable[[], None]) -> list[Any]:
+    """Every rank's value, or the failure or skip every rank agrees on (the process group rebuilt after a failure)."""
+    failed = [(rank, answer) for rank, answer in enumerate(answers) if answer[0] == "error"]
+    if failed:
+        rebuild()
+        # The cause first: the earliest failure (peers then fail on their broken collectives).
+        failed.sort(key=lambda item: item[1][1])
+        lines = [f"{what} failed on {len(answers)} ranks:"] + [answer[2] for _, answer in failed]
+        if any(answer[3] for _, answer in failed):
+            raise CaseTimeout(f"{what} timed out (limit {timeout_s:.0f} s)\n\n" + "\n\n".join(lines[1:]))
+        raise RankFailure("\n\n".join(lines))
+    skips = [answer[1] for answer in answers if answer[0] == "skip"]
+    if skips:
+        raise RankSkip(skips[0])
+    return [answer[1] for answer in answers]
+
+
+def report_tag(nodeid: str, when: str) -> tuple:
+    return ("report", nodeid, when)
+
+
+def agree_on_report(peers: Peers, nodeid: str, when: str, outcome: str, text: str) -> list[tuple[str, str]]:
+    """Every rank's (outcome, text) for one phase of one test.
+
+    A peer that met this report at the start of a task (it went on into the test while this rank had
+    already finished it) fails that task and then reports; this rank repeats its report to meet it.
+    """
+    tag = report_tag(nodeid, when)
+    answers = peers.exchange(tag, (outcome, text))
+    if any(other[0] == "start" for other, _ in answers):
+        answers = peers.exchange(tag, (outcome, text))
+    if any(other != tag for other, _ in answers):
+        peers._fail("ranks are at different tests: " + "; ".join(
+            f"rank {rank} at {other!r}" for rank, (other, _) in enumerate(answers)))
+    return [value for _, value in answers]
