@@ -142,3 +142,29 @@ def test_interrupt_leaves_no_rank_process(tmp_path, how):
     time.sleep(0.5)
     alive = [pid for pid in ranks if not process_gone(pid)]
     assert not alive, f"rank processes {alive} outlived the interrupted session"
+
+
+@pytest.mark.parametrize("option, message", [
+    ("--bench-batch-sizes=7", "--bench-batch-sizes: '7': give distinct even sizes"),
+    ("--bench-max-ranks=0", "--bench-max-ranks=0: use 1 or more"),
+    ("--bench-timeout=-1", "use a positive number of seconds"),
+    ("--bench-rank-memory=-1", "use GiB > 0, or 0 for no limit"),
+    ("--bench-steps=2", "use at least 4 so convergence can be judged"),
+    ("--bench-inject=slow", "unknown perturbation 'slow'; use slowdown=F"),
+    ("--bench-launcher=mpirun", "invalid choice: 'mpirun'"),
+    ("--bench-device=tpu", "invalid choice: 'tpu'"),
+    ("--benchmark-compare=9999", "--benchmark-compare=9999: no stored run matches it under"),
+    ("--bench-policy=missing.toml", "missing.toml: no policy file"),
+])
+def test_bad_input_is_a_usage_error_that_names_the_fix(option, message):
+    extra = ("--bench-gate",) if option.startswith("--bench-policy") else ()
+    result = pytest_run("bench/", "--collect-only", "-q", option, *extra, timeout=120)
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, outcome(result)
+    assert message in result.stderr, outcome(result)
+
+
+def test_a_world_size_the_machine_cannot_provide_is_skipped_naming_the_fix():
+    result = pytest_run("bench/test_torch_strategies.py", "-k", "torch-ddp-sgd-gpt2_text-w2-fp32 and not ga2",
+                        "--bench-max-ranks=1", "-rs", timeout=120)
+    assert result.returncode == 0, outcome(result)
+    assert "1 skipped" in result.stdout and "(raise it with --bench-max-ranks)" in result.stdout, outcome(result)

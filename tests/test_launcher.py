@@ -17,7 +17,7 @@ import pytest
 import torch.distributed as dist
 
 from parabench.launcher import Launch, LaunchError, Peers, PeerLost, agree_on_report, detect
-from parabench.requirements import Machine, unmet, Requirements
+from parabench.requirements import Machine, Requirements, unmet
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
@@ -291,3 +291,43 @@ def test_faults_under_torchrun_fail_their_case_on_every_rank_and_the_session_goe
     assert output.count("2 failed, 1 passed") == 2, output[-6000:]  # both ranks' sessions
     assert "rank 1 raised InjectedFault: injected failure on rank 1 at step 1" in output
     assert "rank 1 was stopped: its resident memory reached" in output and "limit of 2.00 GiB" in output
+
+
+class _XdistConfig:
+    """What ``_refuse_xdist`` reads of a pytest config with pytest-xdist installed."""
+
+    def __init__(self, args: list[str], numprocesses: int | None, root: Path = REPO) -> None:
+        self.args, self.rootpath = args, root
+        self.invocation_params = type("Params", (), {"dir": root})()
+        self.options = {"dist": "load" if numprocesses else "no", "numprocesses": numprocesses}
+
+    def getoption(self, name: str, default=None):
+        return self.options.get(name, default)
+
+
+def test_xdist_is_refused_for_benchmarks_only():
+    from fixtures.launcher import _refuse_xdist
+
+    for args in (["bench/"], ["bench/test_colossalai.py::test_train"], [str(REPO / "bench")]):
+        with pytest.raises(pytest.UsageError, match="pytest-benchmark turns itself off under xdist"):
+            _refuse_xdist(_XdistConfig(args, numprocesses=2))
+    _refuse_xdist(_XdistConfig(["tests/"], numprocesses=2))  # the harness's own tests may spread
+    _refuse_xdist(_XdistConfig(["bench/"], numprocesses=None))  # xdist installed, not used
+
+
+def test_srun_tasks_run_a_launched_session(tmp_path):
+    """srun's task variables, as srun sets them for two tasks on one node (no SLURM here, so set by hand)."""
+    directory = launch_directory(tmp_path, SESSION)
+    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    base.update({"SLURM_NTASKS": "2", "SLURM_STEP_NUM_NODES": "1", "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0",
+                 "MASTER_PORT": str(_free_port())})
+    processes = [subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "test_session.py", "--bench-launcher=slurm",
+         "-k", "w2 or skipped"], cwd=directory, env={**base, "SLURM_PROCID": str(task), "SLURM_LOCALID": str(task)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for task in range(2)]
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    for task, (process, output) in enumerate(zip(processes, outputs)):
+        assert process.returncode == 0, output[-5000:]
+        assert f"rank {task} of 2 (slurm, 1 node(s), 2 per node)" in output
+        assert "1 passed, 1 skipped" in output, output[-3000:]
+    assert outcomes(outputs[0]) == outcomes(outputs[1])
