@@ -323,8 +323,6 @@ class LaunchedPools:
         self.launch, self.device_type, self.backend = launch, device_type, backend
         self.memory_limit_bytes = memory_limit_bytes
         self.timeout = datetime.timedelta(seconds=process_group_timeout_s)
-        self.started = 0  # pools spawned (rank 0's one-process pools)
-        self.rebuilt = 0  # times the process group was rebuilt after a failed task
         self._local: PoolManager | None = None
         self._local_options = dict(local_options, threads=threads, pin=pin, memory_limit_bytes=memory_limit_bytes,
                                    process_group_timeout_s=process_group_timeout_s)
@@ -381,7 +379,6 @@ class LaunchedPools:
         """A fresh process group after a failed task: a failed or timed-out collective leaves the old one unusable."""
         self._leave()
         self.generation += 1
-        self.rebuilt += 1
         self._join()
 
     def get(self, world_size: int, family: str = "") -> "_LaunchedPool":
@@ -402,7 +399,6 @@ class LaunchedPools:
 
     def close(self) -> None:
         if self._local is not None:
-            self.started += self._local.started
             self._local.close()
             self._local = None
         self.peers.close()
@@ -504,7 +500,7 @@ def _agreed(answers: list[tuple], what: str, timeout_s: float, rebuild: Callable
         # The cause first: the earliest failure (peers then fail on their broken collectives).
         failed.sort(key=lambda item: item[1][1])
         lines = [f"{what} failed on {len(answers)} ranks:"] + [answer[2] for _, answer in failed]
-        if any(answer[3] for _, answer in failed):
+        if failed[0][1][3]:  # the first failure was a time-out (others' time-outs are its consequences)
             raise CaseTimeout(f"{what} timed out (limit {timeout_s:.0f} s)\n\n" + "\n\n".join(lines[1:]))
         raise RankFailure("\n\n".join(lines))
     skips = [answer[1] for answer in answers if answer[0] == "skip"]
