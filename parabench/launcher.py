@@ -192,6 +192,25 @@ class Peers:
     def close(self) -> None:
         self._stop.set()
 
+    def depart(self, timeout_s: float = 30.0) -> None:
+        """Leave in order: rank 0 (which may host the store, under srun) goes last, so no peer loses it mid-read."""
+        if self.broken:
+            return
+        others = [f"left/{rank}" for rank in range(1, self.world_size)]
+        try:
+            with self.lock:
+                if self.rank:
+                    self.store.set(f"left/{self.rank}", b"1")
+                    return
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                with self.lock:
+                    if self.store.check(others):
+                        return
+                time.sleep(0.05)
+        except Exception:  # noqa: BLE001 — the store is gone already: nothing is left to protect
+            pass
+
     def exchange(self, tag: Any, value: Any = None, timeout_s: float = START_TIMEOUT_S) -> list[tuple[Any, Any]]:
         """Every rank's ``(tag, value)`` at this step, in rank order; ``PeerLost`` when one never comes."""
         if self.broken:
@@ -401,6 +420,7 @@ class LaunchedPools:
         if self._local is not None:
             self._local.close()
             self._local = None
+        self.peers.depart()
         self.peers.close()
         try:
             self._leave()

@@ -331,3 +331,28 @@ def test_srun_tasks_run_a_launched_session(tmp_path):
         assert f"rank {task} of 2 (slurm, 1 node(s), 2 per node)" in output
         assert "1 passed, 1 skipped" in output, output[-3000:]
     assert outcomes(outputs[0]) == outcomes(outputs[1])
+
+
+def test_rank_zero_leaves_last():
+    peers = _peers(2)
+    left = []
+    waiter = threading.Thread(target=lambda: (peers[0].depart(timeout_s=10), left.append(time.monotonic())))
+    waiter.start()
+    time.sleep(0.3)
+    assert not left  # rank 0 is still waiting for rank 1
+    peers[1].depart()
+    waiter.join(5)
+    assert left
+    for p in peers:
+        p.close()
+
+
+def test_a_rank_that_cannot_reach_the_launch_stops_naming_the_fix(tmp_path):
+    directory = launch_directory(tmp_path, "def test_nothing():\n    pass\n")
+    environ = {**os.environ, "RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_session.py",
+                             "--bench-timeout=3"], cwd=directory, env=environ, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout[-3000:]
+    assert "rank 1 could not join the launch at 127.0.0.1:" in result.stdout
+    assert "start every node's command with the same --master-addr and --master-port" in result.stdout
