@@ -28,7 +28,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
-from parabench.pool import GB, CaseTimeout, PoolManager, ProgressCallback, RankFailure, RankSkip
+from parabench.pool import CaseTimeout, PoolManager, ProgressCallback, RankFailure, RankSkip, over_memory_limit
 
 LAUNCHERS = ("auto", "spawn", "env", "slurm")
 # The variables a launcher sets for every rank (torchrun's, which DeepSpeed and ColossalAI read too).
@@ -256,6 +256,12 @@ class Peers:
         self.broken = f"the launch lost its step: {why}"
         raise PeerLost(self.broken)
 
+    def require_in_step(self, answers: list[tuple[Any, Any]], tag: Any, where: str) -> None:
+        """End the launch (``PeerLost``) unless every rank's answer carries ``tag``; ``where``: tasks, tests."""
+        if any(other != tag for other, _ in answers):
+            self._fail(f"ranks are at different {where}: " + "; ".join(
+                f"rank {rank} at {other!r}" for rank, (other, _) in enumerate(answers)))
+
 
 # -- one task on every rank, in this process ---------------------------------------------------------------------
 
@@ -284,9 +290,7 @@ def guarded(timeout_s: float, memory_limit_bytes: int | None) -> Iterator[None]:
         raise TaskTimedOut(f"still running after {timeout_s:.0f} s (--bench-timeout); where it was is below")
 
     def on_memory(signum, frame):
-        raise MemoryLimitExceeded(f"its resident memory reached {over[0] / GB:.2f} GiB, over the limit of "
-                                  f"{memory_limit_bytes / GB:.2f} GiB per rank (--bench-rank-memory; raise it if the "
-                                  f"case needs more)")
+        raise MemoryLimitExceeded(over_memory_limit(over[0], memory_limit_bytes))
 
     def watch_memory() -> None:
         import psutil
@@ -364,10 +368,12 @@ class LaunchedPools:
         self.context = RankContext(rank=rank, world_size=world_size, local_rank=launch.local_rank, device=device,
                                    backend=backend)
 
-    @property
-    def pinned(self) -> bool:
+    def pinned(self, world_size: int) -> bool:
+        """Whether a task on ``world_size`` ranks runs pinned: the launch's ranks, or rank 0's own pools."""
         from parabench.worker import pinned_cpus
 
+        if world_size == 1:
+            return self.local().pinned(1)
         return bool(self._local_options["pin"]) and self.device_type == "cpu" and bool(
             pinned_cpus(self.launch.local_rank, self.launch.local_world_size, self._local_options["threads"]))
 
@@ -451,9 +457,7 @@ class _LaunchedPool:
             # which meets this rank's own report of the task it did not start.
             rank, (outcome, text) = behind[0]
             raise RankFailure(f"{tag[1]} did not start: rank {rank} {outcome} its test before it:\n{text}")
-        if any(other != ("start", tag) for other, _ in starts):
-            peers._fail("ranks are at different tasks: " + "; ".join(
-                f"rank {rank} at {other!r}" for rank, (other, _) in enumerate(starts)))
+        peers.require_in_step(starts, ("start", tag), "tasks")
         if self.world_size == 1:
             return self._on_rank_zero(function, args, timeout_s, on_wait, tag)
         return self._on_every_rank(function, args, timeout_s, tag)
@@ -500,13 +504,16 @@ class _LaunchedPool:
 
 
 def _failed(rank: int, error: BaseException) -> tuple:
+    from parabench.worker import skip_reason
+
+    skipped = skip_reason(error)
+    if skipped is not None:
+        return ("skip", skipped)
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     if isinstance(error, TaskTimedOut):
         story = f"rank {rank} timed out: {error}\n{text}"
     elif isinstance(error, MemoryLimitExceeded):
         story = f"rank {rank} was stopped: {error}"
-    elif type(error).__name__ == "Skipped":  # pytest.skip() inside the task
-        return ("skip", str(getattr(error, "msg", error)))
     else:
         story = f"rank {rank} raised {type(error).__name__}: {error}\n{text}"
     return ("error", time.time(), story, isinstance(error, TaskTimedOut))
@@ -543,7 +550,5 @@ def agree_on_report(peers: Peers, nodeid: str, when: str, outcome: str, text: st
     answers = peers.exchange(tag, (outcome, text))
     if any(other[0] == "start" for other, _ in answers):
         answers = peers.exchange(tag, (outcome, text))
-    if any(other != tag for other, _ in answers):
-        peers._fail("ranks are at different tests: " + "; ".join(
-            f"rank {rank} at {other!r}" for rank, (other, _) in enumerate(answers)))
+    peers.require_in_step(answers, tag, "tests")
     return [value for _, value in answers]

@@ -38,6 +38,12 @@ PEER_GRACE_S = 3.0
 PROGRESS_INTERVAL_S = 0.5
 GB = 1024**3
 
+def over_memory_limit(resident: int, limit: int) -> str:
+    """Why a rank was stopped for its memory, naming the option that sets the limit."""
+    return (f"its resident memory reached {resident / GB:.2f} GiB, over the limit of {limit / GB:.2f} GiB per rank "
+            f"(--bench-rank-memory; raise it if the case needs more)")
+
+
 # ``on_wait(steps done, steps in all, seconds since the task was sent)``; (0, 0) until rank 0 reports.
 ProgressCallback = Callable[[int, int, float], None]
 
@@ -200,9 +206,7 @@ class RankPool:
     def _kill_for_memory(self, rank: int, resident: int) -> str:
         self.processes[rank].kill()
         self.processes[rank].join(2)
-        return (f"rank {rank} was killed: its resident memory reached {resident / GB:.2f} GiB, over the limit of "
-                f"{self.memory_limit_bytes / GB:.2f} GiB per rank (--bench-rank-memory; raise it if the case needs "
-                f"more)")
+        return f"rank {rank} was killed: {over_memory_limit(resident, self.memory_limit_bytes)}"
 
     def _death(self, rank: int) -> str:
         code = self.processes[rank].exitcode
@@ -272,6 +276,11 @@ class PoolManager:
         self.max_pools = max_pools
         self.pools: dict[tuple[int, str], RankPool] = {}  # in order of last use
         self.started = 0
+
+    def pinned(self, world_size: int) -> bool:
+        """Whether the ranks of a ``world_size`` pool are pinned to their own cores (``worker.pinned_cpus``)."""
+        return (self.device_type == "cpu" and bool(self.pool_options.get("pin"))
+                and bool(worker.pinned_cpus(0, world_size, self.pool_options.get("threads", 1))))
 
     def get(self, world_size: int, family: str = "") -> RankPool:
         key = (world_size, family)

@@ -114,11 +114,17 @@ def serve(context, conn) -> None:
         try:
             conn.send(("ok", function(context, *args)))
         except BaseException as error:  # noqa: BLE001 — everything goes back to the controller
-            if type(error).__name__ == "Skipped":  # pytest.skip() called inside a rank
-                conn.send(("skip", str(getattr(error, "msg", error))))
+            skipped = skip_reason(error)
+            if skipped is not None:
+                conn.send(("skip", skipped))
             else:
                 conn.send(("error", f"{type(error).__name__}: {error}", traceback.format_exc()))
         release_memory(context)
+
+
+def skip_reason(error: BaseException) -> str | None:
+    """The reason of a ``pytest.skip()`` called inside a task (pytest is not imported in a rank); else None."""
+    return str(getattr(error, "msg", error)) if type(error).__name__ == "Skipped" else None
 
 
 def release_memory(context) -> None:

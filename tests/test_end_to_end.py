@@ -27,10 +27,10 @@ def outcome(result: subprocess.CompletedProcess) -> str:
     return result.stdout[-4000:] + result.stderr[-2000:]
 
 
-def session_dir(tmp_path: Path, test_source: str) -> Path:
-    """A directory with its own test file and a conftest that loads parabench's pytest layer."""
+def session_dir(tmp_path: Path, test_source: str, plugins: str = PLUGINS) -> Path:
+    """A directory with its own test file and a conftest that loads parabench's pytest layer (``plugins``)."""
     (tmp_path / "conftest.py").write_text(
-        f"import sys\nsys.path.insert(0, {str(REPO)!r})\npytest_plugins = {PLUGINS}\n")
+        f"import sys\nsys.path.insert(0, {str(REPO)!r})\npytest_plugins = {plugins}\n")
     (tmp_path / "test_session.py").write_text(textwrap.dedent(test_source))
     return tmp_path
 

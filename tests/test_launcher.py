@@ -8,7 +8,6 @@ import re
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -16,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
-from parabench.launcher import Launch, LaunchError, Peers, PeerLost, agree_on_report, detect
+from parabench.launcher import RANK_VARIABLES, Launch, LaunchError, PeerLost, Peers, agree_on_report, detect
 from parabench.requirements import Machine, Requirements, unmet
+from tests.test_end_to_end import REPO, session_dir
 
-REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 TORCHRUN_ENV = {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "10.0.0.1",
@@ -190,10 +189,7 @@ def launch_directory(tmp_path: Path, source: str) -> Path:
     """A session directory whose conftest loads the suite's whole pytest layer."""
     import runpy
 
-    plugins = runpy.run_path(str(REPO / "conftest.py"))["pytest_plugins"]
-    (tmp_path / "conftest.py").write_text(f"import sys\nsys.path.insert(0, {str(REPO)!r})\npytest_plugins = {plugins!r}\n")
-    (tmp_path / "test_session.py").write_text(textwrap.dedent(source))
-    return tmp_path
+    return session_dir(tmp_path, source, plugins=repr(runpy.run_path(str(REPO / "conftest.py"))["pytest_plugins"]))
 
 
 def _free_port() -> int:
@@ -204,8 +200,7 @@ def _free_port() -> int:
 
 def torchrun(directory: Path, *args: str, nodes: int = 2, per_node: int = 1, timeout: float = 420) -> list[tuple[int, str]]:
     """``torchrun … -m pytest ARGS``, once per node (node ranks 0…), all on loopback: each node's (exit code, output)."""
-    environ = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                                 "MASTER_PORT", "LOCAL_WORLD_SIZE")}
+    environ = {k: v for k, v in os.environ.items() if k not in RANK_VARIABLES}
     port = str(_free_port())
     processes = [subprocess.Popen(
         TORCHRUN + ["--nnodes", str(nodes), "--nproc-per-node", str(per_node), "--node-rank", str(node),
@@ -318,7 +313,7 @@ def test_xdist_is_refused_for_benchmarks_only():
 def test_srun_tasks_run_a_launched_session(tmp_path):
     """srun's task variables, as srun sets them for two tasks on one node (no SLURM here, so set by hand)."""
     directory = launch_directory(tmp_path, SESSION)
-    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    base = {k: v for k, v in os.environ.items() if k not in RANK_VARIABLES}
     base.update({"SLURM_NTASKS": "2", "SLURM_STEP_NUM_NODES": "1", "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0",
                  "MASTER_PORT": str(_free_port())})
     processes = [subprocess.Popen(
