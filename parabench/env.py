@@ -54,6 +54,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# Variables that make torch, oneDNN or MKL run other kernels than the CPU's own (AVX2 kernels on an AVX-512
+# host, say): the results then stand for the kernels (same loss bits), not for this CPU's speed.
+KERNEL_OVERRIDES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def kernels_forced() -> dict[str, str]:
+    """The kernel-selection variables set in this environment (empty: the CPU's own kernels)."""
+    return {name: os.environ[name] for name in KERNEL_OVERRIDES if os.environ.get(name)}
+
+
 def hardware(device: str) -> dict[str, object]:
     """What the time and memory of a result depend on, beyond the code."""
     import torch
@@ -62,6 +72,9 @@ def hardware(device: str) -> dict[str, object]:
     # "AMD EPYC", while an AVX2 host and an AVX-512 host round differently (loss bits, workspace sizes).
     info: dict[str, object] = {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                                "cpu_count": os.cpu_count(), "device": device}
+    forced = kernels_forced()
+    if forced:
+        info["kernels_forced"] = forced
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_count"] = torch.cuda.device_count()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -58,10 +59,40 @@ class GateReport:
         return {v.value: sum(1 for w in worst.values() if w == i) for i, v in enumerate(order)
                 if any(w == i for w in worst.values())}
 
+    def judged_cases(self) -> set[str]:
+        """The cases at least one of whose metrics was judged against a baseline (not only reported)."""
+        return {r.name for r in self.rows if r.verdict in (Verdict.REGRESSED, Verdict.IMPROVED, Verdict.UNCHANGED)}
+
     def summary(self) -> str:
         counts = ", ".join(f"{n} {v}" for v, n in self.counts().items()) or "no cases"
-        verdict = f"{len({r.name for r in self.regressions})} case(s) REGRESSED" if self.regressions else "no regression"
+        if self.regressions:
+            verdict = f"{len({r.name for r in self.regressions})} case(s) REGRESSED"
+        elif not self.judged_cases():
+            verdict = "NOTHING GATED"
+        else:
+            verdict = "no regression"
         return f"parabench gate: {verdict} ({counts}; cases by their worst metric)"
+
+    def ungated(self) -> str | None:
+        """Why nothing, or only part of the run, was judged; None when every case was.
+
+        A gate that compared nothing must say so where a CI log ends, not pass in silence.
+        """
+        cases = {r.name for r in self.rows}
+        judged = self.judged_cases()
+        if not cases or judged == cases:
+            return None
+        others = [r for r in self.rows if r.verdict is Verdict.NOT_COMPARABLE and r.name not in judged]
+        new = {r.name for r in self.rows if r.verdict is Verdict.NEW}
+        why = []
+        if others:
+            (detail, _), = Counter(row.detail for row in others).most_common(1)
+            why.append(f"{len(others)} not comparable (most often {detail})")
+        if new:
+            why.append(f"{len(new)} without any stored baseline")
+        head = ("NOTHING WAS GATED: no case of this run had a baseline of this machine key"
+                if not judged else f"only {len(judged)} of {len(cases)} cases were gated")
+        return f"{head}: {'; '.join(why) or 'see the table'}. {RECORD_HINT}"
 
     def table_rows(self, everything: bool = False) -> list[list[str]]:
         shown = [r for r in self.rows if everything or r.verdict is not Verdict.INFO]
@@ -76,6 +107,7 @@ class GateReport:
 
     def to_json(self) -> str:
         return json.dumps({"format": REPORT_FORMAT, "summary": self.summary(), "regressed": bool(self.regressions),
+                           "gated_cases": len(self.judged_cases()), "ungated": self.ungated(),
                            "injected": self.injected, "counts": self.counts(), "notes": self.notes,
                            "rows": [{**asdict(r), "verdict": r.verdict.value} for r in self.rows]}, indent=2)
 
@@ -86,6 +118,8 @@ class GateReport:
         if self.injected:
             lines += [f"**Perturbation injected on purpose (self-test): `{self.injected}`**", ""]
         lines += [f"- {note}" for note in self.notes] + ([""] if self.notes else [])
+        if self.ungated():
+            lines += [f"**{self.ungated()}**", ""]
         if self.regressions:
             lines += ["### Regressions", "", tabulate([[r.name, r.metric, r.baseline, r.now, _percent(r.change),
                                                         r.detail] for r in self.regressions],
@@ -120,7 +154,7 @@ def compare(now: Sequence[Mapping[str, Any]], stored: Iterable[StoredRun], polic
             rules = policy.rules(info["case"]["id"], info.get("device", "cpu"))
             pooled = [old["extra_info"] for _, old in same[:rules.time_history]]
             rows = judge_case(bench["name"], pooled, info, rules, same[0][0].path)
-            if not judge_time:
+            if not judge_time and rows[0].verdict is not Verdict.INFO:
                 rows[0] = replace(rows[0], verdict=Verdict.INFO,
                                   detail=f"reported, not judged: by the policy {rows[0].verdict.value}; {rows[0].detail}")
             report.rows += rows
@@ -167,6 +201,13 @@ def judge_case(name: str, baselines: Sequence[Mapping[str, Any]], now: Mapping[s
 
 
 def _judge_step_time(baselines: Sequence[Mapping[str, Any]], now: Mapping[str, Any], rules: Rules) -> Judgement:
+    forced = [info.get("hardware", {}).get("kernels_forced") for info in baselines]
+    forced_now = now.get("hardware", {}).get("kernels_forced")
+    if any(f != forced_now for f in forced):
+        # Forced kernels stand for another host kind's numerics (the same loss bits), not for its speed.
+        return Judgement(Verdict.INFO, detail=f"not judged: the baseline ran with kernels forced "
+                                              f"({_forced(forced[0])}), this run {_forced(forced_now)}; its memory, "
+                                              f"loss and parity are compared, its speed belongs to another CPU")
     before = [s for info in baselines for s in info["step_seconds"]]
     after = now["step_seconds"]
     rule, pooled = rules.time, f"; baseline: {len(baselines)} stored run(s)"
@@ -191,6 +232,10 @@ def _judge_step_time(baselines: Sequence[Mapping[str, Any]], now: Mapping[str, A
                             [s / scale_now for s in after], rule, unit="× cal")
     return Judgement(normalized.verdict, absolute.baseline, absolute.now, normalized.change,
                      f"{normalized.detail}{pooled}; absolute {_percent(absolute.change)}, machine {_percent(drift)}")
+
+
+def _forced(variables: Mapping[str, str] | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in variables.items()) if variables else "the CPU's own"
 
 
 def _per_rank_bytes(info: Mapping[str, Any], metric: str) -> list[int]:

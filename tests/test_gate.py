@@ -128,6 +128,41 @@ def test_a_host_with_another_kernel_instruction_set_is_not_comparable(tmp_path):
     assert "AMD EPYC, AVX512 (2 CPUs) (stored) vs AMD EPYC, AVX2 (2 CPUs) (now)" in row.detail
 
 
+def test_a_gate_that_judged_nothing_says_so_in_its_summary_and_why(tmp_path):
+    store(tmp_path, bench(info()))
+    report = compare([bench(info(isa="AVX2"))], discover(tmp_path), POLICY)
+    assert report.summary().startswith("parabench gate: NOTHING GATED (1 not comparable")
+    assert report.ungated().startswith("NOTHING WAS GATED: no case of this run had a baseline of this machine key: "
+                                       "1 not comparable (most often stored under another machine key: hardware: "
+                                       "AMD EPYC, AVX512 (2 CPUs) (stored) vs AMD EPYC, AVX2 (2 CPUs) (now))")
+    assert "--bench-record" in report.ungated() and report.ungated() in report.to_markdown()
+    assert json.loads(report.to_json())["gated_cases"] == 0
+
+
+def test_a_partly_gated_run_counts_what_was_judged(tmp_path):
+    store(tmp_path, bench(info()))
+    other = f"test_train[{CASE_ID.replace('adamw', 'sgd')}]"
+    report = compare([bench(info()), bench(info(), name=other)], discover(tmp_path), POLICY)
+    assert report.summary().startswith("parabench gate: no regression")
+    assert report.ungated().startswith("only 1 of 2 cases were gated: 1 without any stored baseline")
+    store(tmp_path, bench(info(), name=other), name="0002_more.json", when="2026-11-02T00:00:00")
+    assert compare([bench(info()), bench(info(), name=other)], discover(tmp_path), POLICY).ungated() is None
+
+
+def test_a_baseline_with_forced_kernels_is_judged_on_everything_but_time(tmp_path):
+    """AVX2 kernels forced on an AVX-512 host give an AVX2 host's loss bits, not its speed."""
+    forced = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    hardware = {"cpu": "AMD EPYC", "cpu_capability": "AVX2", "cpu_count": 2, "device": "cpu"}
+    store(tmp_path, bench(info(isa="AVX2", hardware={**hardware, "kernels_forced": forced})))
+    report = compare([bench(info(step_ms=80.0, state=5_000_000, hardware=hardware))], discover(tmp_path), POLICY)
+    time, state = report.rows[0], next(r for r in report.rows if r.metric == "state_bytes")
+    assert time.verdict is Verdict.INFO and "ATEN_CPU_CAPABILITY=avx2" in time.detail and "the CPU's own" in time.detail
+    assert state.verdict is Verdict.REGRESSED
+    same = compare([bench(info(step_ms=80.0, hardware={**hardware, "kernels_forced": forced}))], discover(tmp_path),
+                   POLICY)
+    assert same.rows[0].verdict is Verdict.REGRESSED  # forced on both sides: the same host's kernels, judged
+
+
 def test_the_newest_baseline_of_the_same_key_is_used(tmp_path):
     store(tmp_path, bench(info(state=3_000_000)), name="0001_old.json", when="2026-01-01T00:00:00")
     store(tmp_path, bench(info(step_ms=40.0, seed=1)), name="0002_new.json", when="2026-02-01T00:00:00")
