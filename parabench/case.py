@@ -85,13 +85,14 @@ class Case:
     def total_steps(self) -> int:
         return self.warmup_steps + self.steps
 
-    def reference(self, optimizer: str | None = None, grad_accum: int = 1) -> "Case":
+    def reference(self, optimizer: str | None = None, grad_accum: int = 1, strategy: str = "single") -> "Case":
         """The one-process case on the same global batch, data, seed and precision.
 
         ``optimizer``: the one-process twin of a distributed optimizer (see ``OptimizerSpec.twin``);
-        ``grad_accum``: micro-batches per step of the reference (see ``OptimizerSpec.reference_accumulates``).
+        ``grad_accum``: micro-batches per step of the reference (see ``OptimizerSpec.reference_accumulates``);
+        ``strategy``: the one-process strategy (``single-master`` for strategies that keep master weights).
         """
-        return replace(self, strategy="single", world_size=1, grad_accum=grad_accum, options=(),
+        return replace(self, strategy=strategy, world_size=1, grad_accum=grad_accum, options=(),
                        optimizer=optimizer or self.optimizer)
 
     def with_steps(self, steps: int | None = None, warmup_steps: int | None = None) -> "Case":

@@ -86,17 +86,22 @@ class Perturbation:
 
     # -- applied inside the rank ------------------------------------------------------------------------
 
-    def prepare(self, optimizer: torch.optim.Optimizer, world_size: int) -> None:
-        """Break the numerics (grads-summed, lr0) once the optimizer exists."""
+    def prepare(self, optimizer: torch.optim.Optimizer, replicas: int) -> None:
+        """Break the numerics (grads-summed, lr0) once the optimizer exists.
+
+        ``optimizer`` is the one that steps the weights (``Strategy.stepping_optimizer``: under DeepSpeed or
+        ColossalAI, the one inside their wrapper); ``replicas`` the number of data-parallel replicas whose
+        gradients were averaged (tensor and pipeline parallel ranks do not average theirs).
+        """
         if self.kind == "lr0":
             for group in optimizer.param_groups:
                 group["lr"] = 0.0
-        elif self.kind == "grads-summed" and world_size > 1:
+        elif self.kind == "grads-summed" and replicas > 1:
             def undo_average(opt, args, kwargs) -> None:
                 for group in opt.param_groups:
                     for param in group["params"]:
                         if param.grad is not None:
-                            param.grad.mul_(world_size)
+                            param.grad.mul_(replicas)
             optimizer.register_step_pre_hook(undo_average)
 
     def timed(self, step: Callable[[], object], synchronize: Callable[[], None]) -> Callable[[], object]:

@@ -60,20 +60,6 @@ KNOWN_DEVIATIONS = (
         "(update − exp_avg)² + 1e-16 and amplifies the all-reduce's rounding; Adam, AdamW, LAMB and LARS on the "
         "same case stay within 1e-5. Remove when the case passes.", device="cpu"),
     KnownDeviation(
-        "colossalai-lowlevelzero?-adamw-vit_digits-w2-bf16",
-        "LowLevelZero trains bf16 weights (fp32 master shards) while the one-process bf16 reference autocasts "
-        "fp32 weights: |Δloss| 0.055 at step 59 of 62 (tolerance 0.02 + 1 %). Remove when the case passes.",
-        device="cpu"),
-    KnownDeviation(
-        "colossalai-torch-fsdp-adam-vit_digits-w2-bf16",
-        "FSDP MixedPrecision computes with bf16 parameters while the one-process bf16 reference autocasts fp32 "
-        "weights: |Δloss| 0.038 at step 59 of 62 (tolerance 0.02 + 1 %). Remove when the case passes.",
-        device="cpu"),
-    KnownDeviation(
-        "colossalai-hybrid-adamw-vit_digits-w2-bf16-tp2",
-        "HybridParallel bf16 trains bf16 weights while the one-process bf16 reference autocasts fp32 weights: "
-        "|Δloss| 0.045 at step 52 of 62 (tolerance 0.02 + 1 %). Remove when the case passes.", device="cpu"),
-    KnownDeviation(
         "colossalai-torch-fsdp-adamw-*",
         "colossalai 0.5.0 TorchFSDPPlugin re-initialises the optimizer with `optimizer.__init__(params, "
         "**optimizer.defaults)`; torch's AdamW keeps `decoupled_weight_decay` in its defaults but does not take it "
@@ -86,10 +72,11 @@ KNOWN_DEVIATIONS = (
         "step 2 and 0.060 max, SGD by 0.041 at step 2 and 0.29 max. The benchmarked configuration is buffer=0 (each gradient reduced on its own), which "
         "matches. Remove when the case passes."),
     KnownDeviation(
-        "deepspeed-zero0-*-bf16*",
-        "deepspeed 0.19.8: ZeRO-0 in bf16 (FP16_Optimizer in bf16 mode) leaves the one-process bf16 run by "
-        "0.062 (gpt2-text, step 5) and 0.12 (vit-digits) over 42/62 steps, while ZeRO-1/2/3 in bf16 on the same "
-        "cases stay within 0.003 and 0.035. Remove when the case passes."),
+        "deepspeed-zero0-*-gpt2_text-*-bf16*",
+        "deepspeed 0.19.8: ZeRO-0 in bf16 (fp32 masters through FP16_Optimizer in bf16 mode) leaves the one-process "
+        "run with bf16 weights and fp32 masters by 0.064 on gpt2-text (from step 2, max over 42 steps), 67-100 × its "
+        "split runs' spread on either kernel kind, while ZeRO-1/2/3 in bf16 stay within 0.002. On vit-digits it stays "
+        "within the rule (3.3-3.5 × the spread). Remove when the case passes."),
 )
 
 

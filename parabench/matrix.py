@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from typing import Iterable, Sequence
 
 import pytest
@@ -64,8 +65,28 @@ def skip_reason(case: Case, machine: Machine) -> str | None:
 
 
 def reference_of(case: Case) -> Case:
-    """The one-process case ``case`` is checked against (a distributed optimizer's twin stands in for it)."""
+    """The one-process case ``case`` is checked against (a distributed optimizer's twin stands in for it).
+
+    In bf16/fp16 a strategy that trains low-precision weights from fp32 masters is held against
+    ``single-master``, which does the same in one process; the others against ``single`` (autocast).
+    """
     spec = OPTIMIZERS.get(case.optimizer)
-    if spec.reference_accumulates and case.strategy != "single":
-        return case.reference(spec.twin, grad_accum=case.world_size * case.grad_accum)
-    return case.reference(spec.twin)
+    strategy = STRATEGIES.get(case.strategy)
+    one_process = "single-master" if strategy.master_weights and case.precision != "fp32" else "single"
+    if spec.reference_accumulates and strategy.requires.max_world_size != 1:
+        return case.reference(spec.twin, grad_accum=case.world_size * case.grad_accum, strategy=one_process)
+    return case.reference(spec.twin, strategy=one_process)
+
+
+def equivalents_of(reference: Case) -> list[Case]:
+    """One-process runs that compute ``reference``'s updates in exact arithmetic: its global batch split into
+    ``checks.SPREAD_SPLITS`` micro-batches. Their gaps to it are its own rounding spread (``checks.SpreadTolerance``)."""
+    from parabench.checks import SPREAD_SPLITS
+
+    batch = reference.global_batch or WORKLOADS.get(reference.workload).default_global_batch
+    found = [replace(reference, grad_accum=reference.grad_accum * k) for k in SPREAD_SPLITS
+             if batch % (reference.grad_accum * k) == 0]
+    if not found:
+        raise ValueError(f"{reference.id}: global batch {batch} splits into none of {SPREAD_SPLITS} micro-batches; "
+                         f"choose a global batch divisible by {min(SPREAD_SPLITS)}")
+    return found

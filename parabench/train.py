@@ -66,7 +66,7 @@ def run_case(context: RankContext, case: Case, perturbation: Perturbation | None
     started = time.perf_counter()
     strategy, workload, data = build(context, case)
     if perturbation:
-        perturbation.prepare(strategy.optimizer, context.world_size)
+        perturbation.prepare(strategy.stepping_optimizer(), strategy.data_parallel()[1])
     setup_seconds = time.perf_counter() - started
     cuda = context.device.type == "cuda"
     timer = StepTimer(context.device)

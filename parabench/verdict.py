@@ -139,16 +139,16 @@ def judge_parity(baseline: dict | None, now: dict) -> Judgement:
     gap = f"max |Δ| {now['max_abs_difference']:.2e}"
     before = f"max |Δ| {baseline['max_abs_difference']:.2e}" if baseline else ""
     failed_before = baseline is not None and baseline["first_divergence"] is not None
+    rule = now.get("rule") or f"atol {now['atol']:g} + rtol {now['rtol']:g}"
     if now["first_divergence"] is None:
         return Judgement(Verdict.IMPROVED if failed_before else Verdict.UNCHANGED, before, gap,
-                         detail=f"within atol {now['atol']:g} + rtol {now['rtol']:g}")
+                         detail=f"within {rule}")
     if failed_before:
         return Judgement(Verdict.UNCHANGED, before, gap, detail=f"left the reference in the baseline too (step "
                                                              f"{baseline['first_divergence']}; now step "
                                                              f"{now['first_divergence']})")
     return Judgement(Verdict.REGRESSED, before, gap,
-                     detail=f"left the reference {now['reference']} at step {now['first_divergence']} "
-                            f"(atol {now['atol']:g} + rtol {now['rtol']:g})")
+                     detail=f"left the reference {now['reference']} at step {now['first_divergence']} ({rule})")
 
 
 def _quantity(seconds: float, unit: str) -> str:

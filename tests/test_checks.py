@@ -7,8 +7,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from parabench.checks import (PARITY, ConvergenceError, Tolerance, assert_finite, assert_loss_decreases,
-                              assert_parity, first_divergence, max_abs_difference)
+from parabench.checks import (PARITY, SPREAD_FACTOR, SPREAD_FLOOR, SPREAD_SPLITS, ConvergenceError, SpreadTolerance,
+                              Tolerance, assert_finite, assert_loss_decreases, assert_parity, first_divergence,
+                              max_abs_difference)
 
 losses_st = st.floats(min_value=-100.0, max_value=100.0, allow_nan=False, allow_infinity=False)
 tolerances = st.builds(Tolerance, atol=st.floats(0.0, 1.0), rtol=st.floats(0.0, 0.5))
@@ -157,8 +158,50 @@ def test_max_abs_difference():
     assert max_abs_difference([1.0, 2.0, 3.0], [1.5, 2.0, 1.0]) == 2.0
 
 
-def test_parity_tolerances_loosen_with_lower_precision():
-    fp32, bf16, fp16 = PARITY["fp32"], PARITY["bf16"], PARITY["fp16"]
-    assert fp32.atol < fp16.atol and fp32.atol < bf16.atol
-    assert not fp32.allows(1.001, 1.0)
-    assert bf16.allows(1.001, 1.0) and fp16.allows(1.001, 1.0)
+# --------------------------------------------------------------------------- bf16: the reference's own spread
+
+def test_the_spread_is_the_largest_gap_of_an_equivalent_run_so_far():
+    reference = [2.0, 1.8, 1.6, 1.4, 1.2]
+    split = {"ga2": [2.0, 1.81, 1.59, 1.43, 1.2], "ga4": [2.0, 1.8, 1.62, 1.4, 1.21]}
+    tolerance = SpreadTolerance.measure(reference, split, factor=5.0, floor=Tolerance(atol=1e-3))
+    assert tolerance.spread == pytest.approx((0.0, 0.01, 0.02, 0.03, 0.03))
+    assert tolerance.runs == ("ga2", "ga4")
+    assert tolerance.bound(0, 2.0) == pytest.approx(1e-3)       # before the runs part: the floor alone
+    assert tolerance.bound(4, 1.2) == pytest.approx(1e-3 + 0.15)  # the spread never shrinks back
+    assert tolerance.allows(1.2 + 0.15, 1.2, step=4) and not tolerance.allows(1.2 + 0.152, 1.2, step=4)
+
+
+def test_the_floor_is_one_bf16_unit_of_the_loss():
+    # A bf16 model's loss is a bf16 number: 1.57421875 and its neighbour 1.5703125 differ by one unit.
+    assert SPREAD_FLOOR.allows(1.5703125, 1.57421875)
+    assert SPREAD_FLOOR.rtol == 2 ** -7 and SPREAD_SPLITS == (2, 4) and SPREAD_FACTOR > 1
+
+
+@given(st.lists(st.floats(0.5, 8.0), min_size=5, max_size=40), st.floats(0.0, 0.05))
+def test_a_case_inside_the_spread_passes_and_a_drift_beyond_it_fails(reference, gap):
+    split = [r + gap * (-1) ** i for i, r in enumerate(reference)]
+    tolerance = SpreadTolerance.measure(reference, {"ga2": split})
+    # A case as far from the reference as its own split run is always allowed ...
+    assert first_divergence(split, reference, tolerance) is None
+    # ... and one that leaves it by the floor plus more than factor × the spread is caught at that step.
+    step = len(reference) // 2
+    drifted = list(reference)
+    drifted[step] += tolerance.bound(step, reference[step]) * 1.01
+    assert first_divergence(drifted, reference, tolerance) == step
+
+
+def test_a_spread_parity_failure_names_the_allowance_and_its_source():
+    reference = [2.0, 1.8, 1.6, 1.4]
+    tolerance = SpreadTolerance.measure(reference, {"single-x-ga2": [2.0, 1.8, 1.601, 1.4]})
+    with pytest.raises(ConvergenceError) as info:
+        assert_parity([2.0, 1.8, 1.7, 1.4], reference, tolerance)
+    message = str(info.value)
+    assert "at step 2" in message and "allowed there" in message
+    assert "× the reference's own spread (max 1.00e-03, over 1 split runs)" in message
+
+
+def test_the_spread_needs_runs_of_the_same_length():
+    with pytest.raises(ValueError, match="at least one run"):
+        SpreadTolerance.measure([1.0, 0.9], {})
+    with pytest.raises(ValueError, match="different lengths"):
+        SpreadTolerance.measure([1.0, 0.9], {"x": [1.0]})

@@ -316,3 +316,34 @@ def test_params_carry_ids_and_family_marks():
         assert parameter.values == (built,)
         names = [m.name for m in parameter.marks]
         assert names == ["torch", "full"]
+
+
+# --------------------------------------------------------------------------- references in bf16
+
+@pytest.mark.parametrize("strategy", ["deepspeed-zero2", "colossalai-lowlevelzero2", "colossalai-torch-fsdp",
+                                      "colossalai-gemini", "colossalai-hybrid"])
+def test_strategies_that_train_bf16_weights_are_held_against_a_one_process_run_that_does(strategy):
+    assert STRATEGIES.get(strategy).master_weights
+    bf16 = Case(strategy, "adamw", "gpt2-text", 2, "bf16", grad_accum=2)
+    assert matrix.reference_of(bf16) == Case("single-master", "adamw", "gpt2-text", 1, "bf16")
+    # In fp32 there are no master weights to keep: the plain one-process run.
+    assert matrix.reference_of(Case(strategy, "adamw", "gpt2-text", 2)).strategy == "single"
+
+
+@pytest.mark.parametrize("strategy", ["torch-ddp-amp", "torch-tp", "fairscale-oss", "torch-pp-1f1b"])
+def test_autocast_strategies_are_held_against_the_autocast_reference(strategy):
+    assert not STRATEGIES.get(strategy).master_weights
+    assert matrix.reference_of(Case(strategy, "adamw", "mlp-digits", 2, "bf16")).strategy == "single"
+
+
+def test_the_equivalent_runs_split_the_reference_batch_into_micro_batches():
+    reference = Case("single", "sgd", "gpt2-text", 1, "bf16", steps=20)
+    assert matrix.equivalents_of(reference) == [Case("single", "sgd", "gpt2-text", 1, "bf16", grad_accum=2, steps=20),
+                                                Case("single", "sgd", "gpt2-text", 1, "bf16", grad_accum=4, steps=20)]
+    # AdaScale's reference accumulates one micro-batch per replica already; the splits go further.
+    accumulating = Case("single", "adascale", "mlp-digits", 1, "bf16", grad_accum=2)
+    assert [c.grad_accum for c in matrix.equivalents_of(accumulating)] == [4, 8]
+    assert [c.grad_accum for c in matrix.equivalents_of(Case("single", "sgd", "mlp-digits", 1, "bf16",
+                                                              global_batch=6))] == [2]
+    with pytest.raises(ValueError, match="global batch 3 splits into none of"):
+        matrix.equivalents_of(Case("single", "sgd", "mlp-digits", 1, "bf16", global_batch=3))

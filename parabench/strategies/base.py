@@ -53,6 +53,9 @@ class Strategy(ABC):
     family: ClassVar[str]  # the pytest mark that selects it: torch, deepspeed, colossalai, fairscale
     requires: ClassVar[Requirements] = Requirements(min_world_size=2)
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    # In bf16/fp16: the strategy trains low-precision weights from fp32 master weights (DeepSpeed, LowLevelZero,
+    # Gemini…) rather than autocasting fp32 weights, so its one-process reference does the same.
+    master_weights: ClassVar[bool] = False
 
     def __init__(self, context: RankContext, precision: str = "fp32", options: Mapping[str, object] = ()) -> None:
         self.context = context
@@ -102,14 +105,18 @@ class Strategy(ABC):
         for i, batch in enumerate(micro_batches):
             with (contextlib.nullcontext() if i == count - 1 else self.no_sync()):
                 with self.forward_context():
-                    loss = loss_fn(self.model, batch)
+                    loss = loss_fn(self.model, self.cast_inputs(batch))
                 # Without accumulation, no extra op enters the graph of the measured step.
                 self.backward(loss / count if count > 1 else loss)
             losses.append(loss.detach().float())
         self.optimizer_step()
         return losses[0] if count == 1 else torch.stack(losses).mean()
 
-    # The three places a framework takes over precision: forward, backward, step (here: torch autocast).
+    # The places a framework takes over precision: inputs, forward, backward, step (here: torch autocast).
+    def cast_inputs(self, batch: Batch) -> Batch:
+        """``batch`` as the model takes it (a model cast to bf16 takes bf16 inputs)."""
+        return batch
+
     def forward_context(self) -> contextlib.AbstractContextManager:
         return self.autocast.context()
 
@@ -118,6 +125,11 @@ class Strategy(ABC):
 
     def optimizer_step(self) -> None:
         self.autocast.step(self.optimizer)
+
+    def stepping_optimizer(self) -> torch.optim.Optimizer:
+        """The torch optimizer whose step updates the trained weights (or their fp32 masters): a framework's
+        wrapper steps it after reducing the gradients, so a change to its gradients is a change to the update."""
+        return self.optimizer
 
     def global_loss(self, local_loss: torch.Tensor) -> float:
         """The loss of the whole global batch: the mean over data-parallel replicas."""

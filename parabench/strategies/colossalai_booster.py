@@ -75,8 +75,8 @@ class ColossalAIBooster(Strategy):
     def optimizer_step(self) -> None:
         self.optimizer.step()
 
-    def base_optimizer(self) -> torch.optim.Optimizer:
-        """The optimizer that holds the state (inside ColossalAI's wrapper)."""
+    def stepping_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer that holds the state and steps the (master) weights, inside ColossalAI's wrapper."""
         return getattr(self.optimizer, "optim", self.optimizer)
 
     def state_tensors(self) -> dict[str, Iterable[object]]:
@@ -84,7 +84,7 @@ class ColossalAIBooster(Strategy):
         this rank's fp32 flat shards); grads: both kinds' gradients; optimizer: the inner optimizer's state."""
         module = self.model.unwrap() if hasattr(self.model, "unwrap") else self.model
         params = list(module.parameters())
-        base = self.base_optimizer()
+        base = self.stepping_optimizer()
         master = [p for group in base.param_groups for p in group["params"]]
         return {"params": params, "master": master, "grads": [p.grad for p in params + master],
                 "optimizer": list(optimizer_state_tensors(base))}
@@ -116,6 +116,7 @@ class ColossalAITorchFSDP(ColossalAIBooster):
 
     name = "colossalai-torch-fsdp"
     precisions = ("fp32", "bf16", "fp16")
+    master_weights = True  # MixedPrecision computes with bf16/fp16 copies of the fp32 flat parameters
 
     def plugin(self, model: torch.nn.Module, workload: Workload):
         from colossalai.booster.plugin import TorchFSDPPlugin
@@ -137,6 +138,7 @@ class ColossalAILowLevelZero(ColossalAIBooster):
 
     stage: ClassVar[int]
     precisions = ("fp32", "bf16", "fp16")
+    master_weights = True
     option_names = ("offload", "inject")
 
     def plugin(self, model: torch.nn.Module, workload: Workload):
@@ -173,6 +175,7 @@ class ColossalAIGemini(ColossalAIBooster):
     requires = Requirements(packages=("colossalai",), min_world_size=2, cuda=True,
                             why_cuda=("GeminiPlugin's chunk manager keeps and computes its chunks on CUDA",))
     precisions = ("bf16", "fp16")  # Gemini keeps fp32 master chunks and computes in half precision
+    master_weights = True
     option_names = ("placement", "shard", "offload_optim", "offload_param", "inject")
 
     @classmethod
@@ -201,7 +204,7 @@ class ColossalAIGemini(ColossalAIBooster):
         # optimizer's parameters (HybridAdam keeps their state).
         chunks = [chunk for group in self.model.chunk_manager.chunk_groups.values() for chunk in group]
         held = [getattr(chunk, name) for chunk in chunks for name in ("cuda_global_chunk", "cuda_shard", "cpu_shard")]
-        base = self.base_optimizer()
+        base = self.stepping_optimizer()
         return {"params": held, "optimizer": list(optimizer_state_tensors(base)),
                 "master": [p for group in base.param_groups for p in group["params"]]}
 
@@ -216,6 +219,7 @@ class ColossalAIHybrid(ColossalAIBooster):
 
     name = "colossalai-hybrid"
     precisions = ("fp32", "bf16", "fp16")
+    master_weights = True
     option_names = ("tp", "pp", "zero", "chunks", "inject")
     default_chunks = 4
 

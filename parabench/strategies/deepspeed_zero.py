@@ -71,6 +71,7 @@ class DeepSpeedZero(Strategy):
     stage: ClassVar[int]
     requires = Requirements(packages=("deepspeed",), min_world_size=2)
     precisions = ("fp32", "bf16", "fp16")
+    master_weights = True  # bf16/fp16: the module is cast, the optimizer steps fp32 partitions
     option_names: ClassVar[tuple[str, ...]] = ("offload", "offload_param", "ckpt", "hpz", "qw", "qg", "bucket",
                                                "inject")
 
@@ -147,15 +148,18 @@ class DeepSpeedZero(Strategy):
     def train_step(self, micro_batches: list[Batch], loss_fn: LossFn) -> torch.Tensor:
         losses = []
         for batch in micro_batches:
-            loss = loss_fn(self.engine, self._cast(batch))
+            loss = loss_fn(self.engine, self.cast_inputs(batch))
             self.engine.backward(loss)  # scaled by 1/accumulation inside
             self.engine.step()  # steps the optimizer at the accumulation boundary only
             losses.append(loss.detach().float())
         return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
-    def _cast(self, batch: Batch) -> Batch:
+    def cast_inputs(self, batch: Batch) -> Batch:
         # DeepSpeed's bf16/fp16 modes cast the model, not its inputs.
         return {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in batch.items()}
+
+    def stepping_optimizer(self) -> torch.optim.Optimizer:
+        return self.engine.basic_optimizer  # the client optimizer, stepping the (fp32) partitions
 
     def state_tensors(self) -> dict[str, Iterable[object]]:
         """What this rank holds between steps, read from DeepSpeed's own partitions.
@@ -168,7 +172,7 @@ class DeepSpeedZero(Strategy):
         """
         params = list(self.engine.module.parameters())
         held = [p.data for p in params] + [getattr(p, "ds_tensor", None) for p in params]
-        base = self.engine.basic_optimizer
+        base = self.stepping_optimizer()
         master = [p for group in base.param_groups for p in group["params"]]
         grads: list[object] = [p.grad for p in params] + [p.grad for p in master]
         for name in _GRADIENT_BUFFERS:
@@ -258,7 +262,7 @@ class DeepSpeedPipe(Chunked, DeepSpeedZero):
     def train_step(self, micro_batches: list[Batch], loss_fn: LossFn) -> torch.Tensor:
         whole = {key: torch.cat([b[key] for b in micro_batches]) for key in micro_batches[0]}
         size = self.micro_batch
-        chunks = [self.workload.pipeline_io(self._cast({k: v[i * size:(i + 1) * size] for k, v in whole.items()}))
+        chunks = [self.workload.pipeline_io(self.cast_inputs({k: v[i * size:(i + 1) * size] for k, v in whole.items()}))
                   for i in range(self.chunks)]
         # The mean loss over the chunks, sent from the last stage to every rank.
         return self.engine.train_batch(data_iter=iter(chunks)).detach().float()

@@ -1,4 +1,5 @@
-"""The strategies PyTorch itself ships: one process, DDP (± autocast), ZeRO-1, FSDP2 and FSDP1."""
+"""The strategies PyTorch itself ships: one process, DDP (± autocast), ZeRO-1, FSDP2 and FSDP1; and the
+one-process reference of the strategies that train low-precision weights from fp32 master weights."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from parabench.measure import optimizer_state_tensors
 from parabench.optimizers import OptimizerSpec
+from parabench.precision import dtype_of
 from parabench.requirements import Requirements
 from parabench.strategies.base import Strategy, block_classes
 from parabench.workloads import Workload
@@ -25,6 +27,52 @@ class Single(Strategy):
     def setup(self, model: torch.nn.Module, optimizer: OptimizerSpec, workload: Workload) -> None:
         self.model = model.to(self.context.device)
         self.optimizer = optimizer.build(self.model.parameters())
+
+
+class SingleMaster(Single):
+    """One process computing with bf16/fp16 weights and updating fp32 master copies of them.
+
+    The reference of the strategies that train so (``Strategy.master_weights``: DeepSpeed's ZeRO stages,
+    ColossalAI's LowLevelZero, Gemini, HybridParallel and TorchFSDP mixed precision), which ``single`` is
+    not: under autocast the weights stay fp32 and only some ops compute in bf16, while these cast the
+    module (norms, softmax, the weights' gradients) to bf16 and keep the fp32 copy for the optimizer.
+    The master copies start from the cast weights, as DeepSpeed's and LowLevelZero's do.
+    """
+
+    name = "single-master"
+    precisions = ("bf16", "fp16")
+
+    def setup(self, model: torch.nn.Module, optimizer: OptimizerSpec, workload: Workload) -> None:
+        self.dtype = dtype_of(self.precision)
+        self.model = model.to(self.context.device, self.dtype)
+        self.master = [p.detach().float().requires_grad_(True) for p in self.model.parameters()]
+        self.optimizer = optimizer.build(self.master)
+
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # the weights themselves are low-precision
+
+    def cast_inputs(self, batch):
+        return {key: value.to(self.dtype) if value.is_floating_point() else value for key, value in batch.items()}
+
+    def optimizer_step(self) -> None:
+        # The low-precision gradients become the master's; the stepped master, rounded, the weights.
+        for weight, master in zip(self.model.parameters(), self.master):
+            master.grad = None if weight.grad is None else weight.grad.float()
+            weight.grad = None  # the step's zero_grad clears the master's; these would accumulate
+        self.autocast.step(self.optimizer)  # fp16: the gradient scaler unscales the master gradients
+        with torch.no_grad():
+            for weight, master in zip(self.model.parameters(), self.master):
+                weight.copy_(master)
+
+    def state_tensors(self) -> dict[str, Iterable[object]]:
+        tensors = super().state_tensors()
+        tensors["master"] = list(self.master)
+        tensors["grads"] = list(tensors["grads"]) + [m.grad for m in self.master]
+        return tensors
+
+    def teardown(self) -> None:
+        self.__dict__.pop("master", None)
+        super().teardown()
 
 
 class TorchDDP(Strategy):
