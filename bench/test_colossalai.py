@@ -13,10 +13,10 @@ CPU_PLUGINS = [DDP, FSDP, *ZERO]
 
 CASES = (
     # The seed: ViT under each plugin (torch_ddp, torch_ddp_fp16, low_level_zero, gemini, hybrid_parallel).
-    params(cases(CPU_PLUGINS, ["adamw"], ["vit-digits"], steps=60))
-    + params(cases([FSDP], ["adam"], ["vit-digits"], steps=60))
-    + params(cases([GEMINI], ["hybrid-adam"], ["vit-digits"], steps=60))
-    + params(cases([HYBRID], ["adamw"], ["vit-digits"], steps=60, options={"tp": 2}))
+    params(cases(CPU_PLUGINS, ["adamw"], ["vit-digits"], steps=40))
+    + params(cases([FSDP], ["adam"], ["vit-digits"], steps=40))
+    + params(cases([GEMINI], ["hybrid-adam"], ["vit-digits"], steps=40))
+    + params(cases([HYBRID], ["adamw"], ["vit-digits"], steps=40, options={"tp": 2}))
     # A language model under every plugin and precision; SGD shows a wrong gradient scale.
     + params(cases(CPU_PLUGINS, ["adamw", "sgd"], ["gpt2-text"]))
     + params(cases([FSDP], ["adam"], ["gpt2-text"]))
@@ -38,15 +38,17 @@ CASES = (
                    options={"tp": 2, "pp": 2}), pytest.mark.full)
     # ColossalAI's optimizers with the plugins they fit. HybridParallel swaps Adafactor, LAMB and CAME for
     # their distributed forms on its tensor-parallel shards; the dist-* entries are those forms built directly.
-    + params(cases([DDP], ["hybrid-adam", "cpu-adam", "lamb", "lars", "came", "galore-adamw", "galore"],
+    + params(cases([DDP], ["hybrid-adam", "cpu-adam", "lamb", "lars", "galore-adamw", "galore"],
                    ["gpt2-text"], precisions=["fp32"]))
+    # CAME's drift under DDP first passes 1e-5 at step 29 (parabench/known.py): it runs long enough to show.
+    + params(cases([DDP], ["came"], ["gpt2-text"], precisions=["fp32"], steps=40))
     + params(cases(["colossalai-lowlevelzero2"], ["hybrid-adam", "lamb"], ["gpt2-text"], precisions=["fp32"]))
     + params(cases([HYBRID], ["dist-lamb", "dist-came"], ["gpt2-text"], precisions=["fp32"], options={"tp": 2}))
     # Adafactor's relative step (scaled by each parameter's RMS) is small: it needs more steps to learn.
-    + params(cases([DDP], ["colossalai-adafactor"], ["gpt2-text"], precisions=["fp32"], steps=100))
-    + params(cases(["colossalai-lowlevelzero2"], ["dist-adafactor"], ["gpt2-text"], precisions=["fp32"], steps=100))
+    + params(cases([DDP], ["colossalai-adafactor"], ["gpt2-text"], precisions=["fp32"], steps=60))
+    + params(cases(["colossalai-lowlevelzero2"], ["dist-adafactor"], ["gpt2-text"], precisions=["fp32"], steps=60))
     + params(cases([HYBRID], ["colossalai-adafactor", "dist-adafactor"], ["gpt2-text", "vit-digits"],
-                   precisions=["fp32"], steps=100, options={"tp": 2}))
+                   precisions=["fp32"], steps=60, options={"tp": 2}))
 )
 
 

@@ -10,14 +10,14 @@ STAGED = ["torch-mp", "torch-pp-gpipe", "torch-pp-1f1b"]
 
 CASES = (
     params(cases(["torch-tp"], ["adamw", "sgd"], ["mlp-digits", "gpt2-text"]))
-    + params(cases(["torch-tp"], ["adamw"], ["vit-digits"], steps=60))
+    + params(cases(["torch-tp"], ["adamw"], ["vit-digits"], steps=40))
     + params(cases(STAGED, ["adamw", "sgd"], ["mlp-digits"]))
-    + params(cases(STAGED, ["adamw"], ["vit-digits"], steps=60))
+    + params(cases(STAGED, ["adamw"], ["vit-digits"], steps=40))
     # Accumulation by hand (torch-mp) and more micro-batches than the default (the schedules).
     + params(cases(["torch-mp"], ["sgd"], ["mlp-digits"], precisions=["fp32"], grad_accum=2))
     + params(cases(STAGED[1:], ["sgd"], ["mlp-digits"], precisions=["fp32"], options={"chunks": 8}))
     + params(cases(["torch-tp", *STAGED], ["adamw"], ["vit-digits"], world_sizes=[4], precisions=["fp32"],
-                   steps=60), pytest.mark.full)
+                   steps=40), pytest.mark.full)
 )
 
 

@@ -29,7 +29,7 @@ class Case:
     global_batch: int | None = None  # None: the workload's default
     grad_accum: int = 1
     warmup_steps: int = 2
-    steps: int = 40
+    steps: int = 20
     seed: int = 0
     # Strategy options as sorted (key, value) pairs, e.g. (("offload", True),); a dict is accepted.
     options: tuple[tuple[str, Any], ...] = field(default=())

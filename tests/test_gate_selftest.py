@@ -15,7 +15,7 @@ import pytest
 from tests.test_end_to_end import outcome, pytest_run
 
 CASE = "torch-ddp-sgd-gpt2_text-w2-fp32"
-SELECTION = ["bench/test_torch_strategies.py", "-k", f"{CASE} and not ga2", "--bench-steps=8", "--bench-warmup=1"]
+SELECTION = ["bench/test_torch_strategies.py", "-k", f"{CASE} and not ga2"]
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +28,9 @@ def store(tmp_path_factory) -> Path:
     return storage
 
 
-def gate(store: Path, tmp_path: Path, *extra: str):
+def gate(store: Path, tmp_path: Path, *extra: str, selection: list[str] = SELECTION):
     """Run the gate once; return its exit status, its rows by metric, and its output."""
-    result = pytest_run(*SELECTION, f"--benchmark-storage=file://{store}", "--bench-gate",
+    result = pytest_run(*selection, f"--benchmark-storage=file://{store}", "--bench-gate",
                         f"--bench-report={tmp_path}", *extra)
     report = json.loads((tmp_path / "gate.json").read_text())
     rows = {row["metric"].split(" (")[0]: row for row in report["rows"] if row["name"].endswith(f"[{CASE}]")}
@@ -66,13 +66,27 @@ def test_one_percent_more_memory_is_flagged_in_state_and_peak(store, tmp_path):
     assert result.returncode == 1, outcome(result)
 
 
-@pytest.mark.parametrize("perturbation", ["grads-summed", "lr0"])
-def test_a_convergence_break_is_flagged_at_the_step_it_diverged(store, tmp_path, perturbation):
-    result, rows, _ = gate(store, tmp_path, f"--bench-inject={perturbation}")
+# bf16 cases are judged against their reference's measured spread (README, "What a case measures"): loose
+# enough for any kernel kind's rounding, and still to catch these breaks, in an autocast strategy and in one
+# that steps fp32 master weights (DeepSpeed ZeRO-2). They run in the same sessions, with no baseline.
+BF16 = ("torch-ddp-amp-sgd-mlp_digits-w2-bf16", "deepspeed-zero2-sgd-mlp_digits-w2-bf16")
+WITH_BF16 = ["bench/test_torch_strategies.py", "bench/test_deepspeed.py", "-k",
+             f"({CASE} and not ga2) or " + " or ".join(BF16)]
+
+
+@pytest.mark.parametrize("perturbation,bf16_failure", [("grads-summed", "loss left the one-process reference at step"),
+                                                       ("lr0", "loss did not fall by 5%")])
+def test_a_convergence_break_is_flagged_at_the_step_it_diverged(store, tmp_path, perturbation, bf16_failure):
+    result, rows, _ = gate(store, tmp_path, f"--bench-inject={perturbation}", selection=WITH_BF16)
     # Step 0's loss is computed before the first update: the curves part at step 1.
     assert rows["loss curve"]["verdict"] == "regressed", rows["loss curve"]
     assert rows["loss curve"]["detail"].startswith("diverged at step 1:")
     assert result.returncode == 1, outcome(result)
+    failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED bench/")]
+    for case in BF16:
+        assert any(line.endswith(f"[{case}]") or f"[{case}] " in line for line in failed), outcome(result)
+    # Each failure's own message (the fp32 case and both bf16 ones): the break, not some other error.
+    assert result.stdout.count(f"ConvergenceError: {bf16_failure}") >= 3, outcome(result)
 
 
 def test_a_baseline_from_another_machine_is_not_comparable(store, tmp_path):
@@ -94,3 +108,4 @@ def test_a_perturbed_run_cannot_be_recorded(store):
     result = pytest_run(*SELECTION, f"--benchmark-storage=file://{store}", "--bench-record",
                         "--bench-inject=slowdown=0.2")
     assert result.returncode == 4 and "cannot be combined with --bench-record" in result.stderr, outcome(result)
+

@@ -1,0 +1,83 @@
+"""Profiles as data (``bench/profiles.toml``): what each one runs, and bad files named with their fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from parabench.profiles import ProfileError, load_profiles
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILES = load_profiles(REPO / "bench" / "profiles.toml")
+
+
+def test_the_committed_profiles_load_and_nest():
+    assert list(PROFILES.profiles) == ["full", "default", "ci"]
+    full, default, ci = (PROFILES.get(name) for name in ("full", "default", "ci"))
+    assert not full.exclude and not full.exclude_marks and full.bf16_on_slow_hosts is None
+    # default leaves out what full adds; ci leaves out at least what default does.
+    assert "full" in default.exclude_marks and set(default.exclude) <= set(ci.exclude)
+    assert set(default.exclude_marks) <= set(ci.exclude_marks)
+    assert PROFILES.slow_bf16_ratio > 1
+
+
+def test_exclusions_match_node_ids_and_marks():
+    default = PROFILES.get("default")
+    assert default.excludes("bench/test_torch_strategies.py::test_train[torch-ddp-adamw-gpt2_text-w4-fp32]", {"full"})
+    assert not default.excludes("bench/test_torch_strategies.py::test_train[torch-ddp-adamw-gpt2_text-w2-fp32]",
+                                {"torch", "parametrize"})
+
+
+def test_an_unknown_profile_names_the_known_ones():
+    with pytest.raises(ProfileError, match="--bench-profile=fast: no such profile in .*; known: full, default, ci"):
+        PROFILES.get("fast")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("format = 1\n[profile.a]\nexclude = 'x'\n", r"profile.a.exclude = 'x'; it takes a list of non-empty strings"),
+    ("format = 1\n[profile.a]\nexclud = []\n", r"unknown key profile.a.exclud; known here: bf16_on_slow_hosts, "),
+    ("format = 1\n[profile.a]\nextends = 'b'\n", r"\[profile.a\] extends = 'b', which is not a profile; known: a"),
+    ("format = 1\n[profile.a]\nextends = 'b'\n[profile.b]\nextends = 'a'\n", r"extends itself through a → b"),
+    ("format = 2\n[profile.a]\n", r"format 2 is not known; this version reads format = 1"),
+    ("format = 1\n", r"no \[profile.NAME\] table"),
+    ("format = 1\n[slow_bf16]\nratio = 'four'\n[profile.a]\n", r"\[slow_bf16\] ratio = 'four'; it takes a number above 1"),
+    ("format = 1\n[profile.a]\ndescription = 3\n", r"profile.a.description = 3; it takes a string"),
+    ("format = [\n", r"not valid TOML"),
+])
+def test_a_malformed_profiles_file_names_the_table_the_key_and_what_it_takes(tmp_path, text, message):
+    path = tmp_path / "profiles.toml"
+    path.write_text(text)
+    with pytest.raises(ProfileError, match=message):
+        load_profiles(path)
+
+
+def test_a_profile_inherits_what_it_extends(tmp_path):
+    path = tmp_path / "profiles.toml"
+    path.write_text("format = 1\n[profile.big]\n[profile.mid]\nextends = 'big'\nexclude = ['*-w4-*']\n"
+                    "bf16_on_slow_hosts = ['*adamw*']\n[profile.small]\nextends = 'mid'\nexclude_marks = ['slow']\n")
+    small = load_profiles(path).get("small")
+    assert small.exclude == ("*-w4-*",) and small.exclude_marks == ("slow",)
+    assert small.keeps_on_slow_bf16("x[single-adamw-gpt2_text-w1-bf16]")
+    assert not small.keeps_on_slow_bf16("x[single-sgd-gpt2_text-w1-bf16]")
+    assert load_profiles(path).get("big").keeps_on_slow_bf16("x[single-sgd-gpt2_text-w1-bf16]")
+
+
+def test_expected_times_come_from_the_newest_stored_run_of_the_same_hardware(tmp_path):
+    import json
+
+    from fixtures.budget import expected_seconds
+
+    def stored(name: str, hardware: str, seconds: float) -> None:
+        path = tmp_path / "Linux" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps({"benchmarks": [], "parabench": {"hardware": hardware,
+                                                                   "test_seconds": {"bench/x.py::t[a]": seconds}}}))
+
+    stored("0001_baseline.json", "AMD EPYC, AVX2 (2 CPUs)", 9.0)
+    stored("0002_baseline.json", "AMD EPYC, AVX512 (2 CPUs)", 4.0)
+    stored("0003_baseline.json", "AMD EPYC, AVX2 (2 CPUs)", 7.0)
+    (tmp_path / "Linux" / "0004_broken.json").write_text("{")
+    assert expected_seconds(tmp_path, "AMD EPYC, AVX2 (2 CPUs)") == ({"bench/x.py::t[a]": 7.0}, "0003_baseline.json")
+    assert expected_seconds(tmp_path, "AMD EPYC, AVX512 (2 CPUs)")[1] == "0002_baseline.json"
+    assert expected_seconds(tmp_path, "Intel Xeon, AVX512 (4 CPUs)") == ({}, None)
