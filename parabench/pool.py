@@ -48,6 +48,18 @@ def over_memory_limit(resident: int, limit: int) -> str:
 ProgressCallback = Callable[[int, int, float], None]
 
 
+# Ranks are forked from one server process per controller that has imported what every rank needs
+# (``parabench.rank_imports``; multiprocessing's "forkserver"): the server has no threads of its own, so its
+# forks are as clean as spawned processes, without each paying the imports again.
+RANK_IMPORTS = "parabench.rank_imports"
+
+
+def rank_context() -> multiprocessing.context.BaseContext:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([RANK_IMPORTS])  # read when the server starts: with the first pool
+    return context
+
+
 class RankPool:
     """``world_size`` rank processes in one process group, fed tasks through pipes."""
 
@@ -63,7 +75,7 @@ class RankPool:
         self.directory = tempfile.mkdtemp(prefix=f"parabench-pool-w{world_size}-")
         # A file store needs no free port: no races between sessions or pools.
         init_method = f"file://{os.path.join(self.directory, 'rendezvous')}"
-        context = multiprocessing.get_context("spawn")
+        context = rank_context()
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self.connections: list[multiprocessing.connection.Connection] = []
         self.stack_paths: list[str] = []

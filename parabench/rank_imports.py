@@ -1,0 +1,35 @@
+"""What every rank imports before it is forked: the server that forks ranks (``parabench.pool``) imports this once.
+
+A spawned rank paid these imports itself on its first task, in every rank of every pool: 4-6 s on this
+2-core class (``torch._dynamo``, which the first torch optimizer pulls in, ~2.5 s; transformers' GPT-2
+and ViT ~4 s). Imported once in the server and inherited by its forks, a pool after the first starts in
+~0.1 s and its first gpt2-text task takes 0.7 s instead of 6.
+
+Forking is safe only from a process whose threads hold no locks. After these imports the server has,
+besides its main thread, OpenBLAS's worker threads (numpy's and scipy's, which transformers pulls in
+through scikit-learn), which OpenBLAS stops around a fork itself; pyarrow's jemalloc would add a
+background thread, which is turned off here. No framework is set up: transformers imports DeepSpeed's
+modules (through accelerate), as a spawned GPT-2 rank did, but nothing initialises them, so each
+family's ranks start from the same clean state.
+"""
+
+import os
+
+# pyarrow (through transformers → pandas) allocates with jemalloc, whose background thread would be running
+# when the server forks. Read when pyarrow loads.
+os.environ.setdefault("JE_ARROW_MALLOC_CONF", "background_thread:false")
+
+from parabench.worker import quiet_libraries  # noqa: E402
+
+quiet_libraries()  # before transformers reads its logging variables
+
+import torch  # noqa: E402,F401
+import torch._dynamo  # noqa: E402,F401
+import torch.distributed  # noqa: E402,F401
+import torch.nn.parallel  # noqa: E402,F401
+import datasets  # noqa: E402,F401  (the workloads' data pipelines)
+import sklearn.datasets  # noqa: E402,F401  (digits)
+import transformers.models.gpt2.modeling_gpt2  # noqa: E402,F401
+import transformers.models.vit.modeling_vit  # noqa: E402,F401
+
+import parabench.train  # noqa: E402,F401
