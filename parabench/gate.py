@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from parabench.baselines import RECORD_HINT, StoredRun, newest_by_name
 from parabench.keys import hardware_name, key_differences, machine_key
 from parabench.policy import Policy, Rules
-from parabench.verdict import Judgement, Verdict, judge_bytes, judge_curve, judge_parity, judge_time
+from parabench.verdict import Judgement, Verdict, judge_bytes_range, judge_curve, judge_parity, judge_time
 
 REPORT_FORMAT = 1
 
@@ -93,6 +93,11 @@ class GateReport:
         head = ("NOTHING WAS GATED: no case of this run had a baseline of this machine key"
                 if not judged else f"only {len(judged)} of {len(cases)} cases were gated")
         return f"{head}: {'; '.join(why) or 'see the table'}. {RECORD_HINT}"
+
+    def regression_lines(self) -> list[str]:
+        """One line per regressed metric, for the end of a log that is read from its tail."""
+        return [f"REGRESSED {r.name} {r.metric}: {r.baseline} -> {r.now} ({_percent(r.change) or 'changed'}; {r.detail})"
+                for r in self.regressions]
 
     def table_rows(self, everything: bool = False) -> list[list[str]]:
         shown = [r for r in self.rows if everything or r.verdict is not Verdict.INFO]
@@ -182,14 +187,20 @@ def judge_case(name: str, baselines: Sequence[Mapping[str, Any]], now: Mapping[s
     """Every metric of one case against its stored runs of the same machine key, newest first.
 
     Step times pool the samples of up to ``rules.time_history`` stored runs (one run's median is
-    itself noisy); memory and the loss curve are deterministic and compared with the newest.
+    itself noisy). The peak is judged against the range the same stored runs span, per rank: a peak that
+    takes one of a few values from run to run (which asynchronous gather landed first, which bucket was
+    reused) is a regression only above the highest stored one, beyond the tolerance, and an improvement
+    only below the lowest. State bytes and the loss curve are deterministic and compared with the newest.
     """
     baseline = baselines[0]
     rows = [Row.of(name, f"step time ({rules.time_basis})", _judge_step_time(baselines, now, rules), source)]
     for metric in ("state_bytes", "peak_allocated_bytes", "cuda_max_reserved_bytes", "rss_bytes"):
-        before, after = _per_rank_bytes(baseline, metric), _per_rank_bytes(now, metric)
-        if before and after and len(before) == len(after):
-            judgements = [judge_bytes(b, a, rules.memory[metric]) for b, a in zip(before, after)]
+        after = _per_rank_bytes(now, metric)
+        pooled = baselines if metric == "peak_allocated_bytes" else baselines[:1]
+        stored = [b for b in (_per_rank_bytes(info, metric) for info in pooled) if b and len(b) == len(after)]
+        if after and stored:
+            judgements = [judge_bytes_range([b[rank] for b in stored], a, rules.memory[metric])
+                          for rank, a in enumerate(after)]
             rank, worst = max(enumerate(judgements), key=lambda item: _severity(item[1]))
             detail = f"{worst.detail}; worst of {len(judgements)} ranks: rank {rank}"
             rows.append(Row.of(name, metric, Judgement(worst.verdict, worst.baseline, worst.now, worst.change,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from scipy.stats import mannwhitneyu
@@ -113,6 +113,21 @@ def judge_bytes(baseline: int, now: int, rule: BytesRule) -> Judgement:
     detail = ("information only" if rule.informational
               else f"tolerance {rule.rtol:.2%}" + (f" + {_bytes(rule.atol)}" if rule.atol else ""))
     return Judgement(verdict, _bytes(baseline), _bytes(now), change, detail)
+
+
+def judge_bytes_range(stored: Sequence[int], now: int, rule: BytesRule) -> Judgement:
+    """``now`` against the values stored runs of unchanged code took: regressed beyond the tolerance above the
+    highest, improved beyond it below the lowest, else unchanged (one stored value: ``judge_bytes``)."""
+    high = judge_bytes(max(stored), now, rule)
+    if len(set(stored)) == 1 or high.verdict is not Verdict.IMPROVED:
+        judgement = high
+    else:
+        judgement = judge_bytes(min(stored), now, rule)
+    if len(set(stored)) == 1:
+        return judgement
+    span = f"{_bytes(min(stored))}–{_bytes(max(stored))}"
+    return replace(judgement, baseline=span if judgement.verdict is Verdict.UNCHANGED else judgement.baseline,
+                   detail=f"{judgement.detail}; {len(stored)} stored runs spanned {span}")
 
 
 def judge_curve(baseline: Sequence[float], now: Sequence[float], rule: CurveRule) -> Judgement:

@@ -139,7 +139,13 @@ def test_interrupt_leaves_no_rank_process(tmp_path, how):
         time.sleep(0.2)
     ranks = [int(f.read_text()) for f in pid_files]
     process.send_signal(how)
-    output = process.communicate(timeout=60)[0]
+    try:
+        output = process.communicate(timeout=120)[0]
+    except subprocess.TimeoutExpired:
+        # pytest's faulthandler prints every thread's stack on SIGABRT: where the controller is stuck.
+        process.send_signal(signal.SIGABRT)
+        pytest.fail(f"the session did not end within 120 s of {how.name}; its output and stacks:\n"
+                    + process.communicate(timeout=30)[0][-6000:])
     assert "KeyboardInterrupt" in output, output  # reported as an interrupt, with pytest's summary
     time.sleep(0.5)
     alive = [pid for pid in ranks if not process_gone(pid)]

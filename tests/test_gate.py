@@ -284,3 +284,27 @@ def test_a_run_saved_while_another_session_takes_its_number_gets_the_next(tmp_pa
     storage.save({"benchmarks": []}, "mine")
     assert taken.read_text() == "{}"
     assert json.loads(storage.get("0002_mine.json").read_text()) == {"benchmarks": []}
+
+
+def test_a_peak_is_judged_against_the_span_of_the_stored_runs(tmp_path):
+    # Stored runs of unchanged code whose peak took two values (1.00 and 1.28 MB, as LowLevelZero-2's did).
+    for i, peak in enumerate([1_280_000, 1_000_000]):
+        store(tmp_path, bench(info(peak=peak, seed=i)), name=f"000{i}_r.json", when=f"2026-0{i + 1}-01")
+
+    def peak_row(peak: int):
+        report = compare([bench(info(peak=peak, seed=9))], discover(tmp_path), POLICY)
+        return next(r for r in report.rows if r.metric == "peak_allocated_bytes")
+
+    inside = peak_row(1_280_000)  # the older run's value: within the span, though 28 % above the newest
+    assert inside.verdict is Verdict.UNCHANGED and "2 stored runs spanned" in inside.detail
+    above = peak_row(1_290_000)  # above the highest stored value by more than the 0.2 % tolerance
+    assert above.verdict is Verdict.REGRESSED and above.baseline == "1.280 MB"
+    below = peak_row(990_000)
+    assert below.verdict is Verdict.IMPROVED and below.baseline == "1.000 MB"
+
+
+def test_regressions_are_repeated_in_the_last_lines(tmp_path):
+    store(tmp_path, bench(info(seed=1)))
+    report = compare([bench(info(state=4_040_000, seed=2))], discover(tmp_path), POLICY)
+    assert report.regression_lines() == [f"REGRESSED test_train[{CASE_ID}] state_bytes: 4.000 MB -> 4.040 MB "
+                                         "(+1.0%; tolerance 0.10%; worst of 2 ranks: rank 0)"]
