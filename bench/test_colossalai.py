@@ -23,8 +23,13 @@ CASES = (
     + params(cases(["colossalai-lowlevelzero2"], ["adamw"], ["gpt2-text"], precisions=["fp32"],
                    options={"offload": True}))
     + params(cases([DDP, *ZERO], ["sgd"], ["gpt2-text"], precisions=["fp32"], grad_accum=2))
-    # Gemini: static placement (default, and everything sharded and offloaded) and auto placement.
+    # Gemini (GeminiOptimizer takes ColossalAI's Adam kernels only: HybridAdam, in AdamW mode): static
+    # placement, every chunk resharded after use (default) or half kept gathered within a step; 4 ranks in full. On CPU
+    # through parabench/colossalai_cpu.py's chunk patches; auto placement and offloading need CUDA.
     + params(cases([GEMINI], ["hybrid-adam"], ["gpt2-text"]))
+    + params(cases([GEMINI], ["hybrid-adam"], ["gpt2-text"], precisions=["bf16"], options={"shard": 0.5}))
+    + params(cases([GEMINI], ["hybrid-adam"], ["gpt2-text", "vit-digits"], world_sizes=[4], precisions=["bf16"]),
+             pytest.mark.full)
     + params(cases([GEMINI], ["hybrid-adam"], ["gpt2-text"], options={"placement": "auto"}))
     + params(cases([GEMINI], ["hybrid-adam"], ["gpt2-text"],
                    options={"shard": 1.0, "offload_optim": 1.0, "offload_param": 1.0}))
@@ -71,3 +76,27 @@ def test_lowlevelzero_partitions_optimizer_state(stage, measured, record_propert
         assert ratio == pytest.approx(0.5, rel=0.01), (
             f"rank {mine.rank}: {mine.state_bytes['optimizer']} B of optimizer state under {stage}, "
             f"{full.state_bytes['optimizer']} B under {DDP}: ratio {ratio:.4f}, expected 1/2")
+
+
+@pytest.mark.colossalai
+def test_gemini_shards_its_chunks(measured, record_property):
+    """Gemini on 2 ranks holds a shard of every chunk: its bf16 parameters and fp32 masters per rank are one
+    shard of the chunks (the same size on every rank, chunk padding included), and HybridAdam's state, kept
+    for each rank's own elements only, adds up over the ranks to one model's 2 x 4 bytes per parameter. A
+    Gemini that kept its chunks gathered (replicated, as DDP) holds 2 bytes per parameter per rank and twice
+    the optimizer state in all."""
+    ddp = measured(Case(DDP, "adamw", "gpt2-text", 2))
+    gemini = measured(Case(GEMINI, "hybrid-adam", "gpt2-text", 2, "bf16"))
+    parameters = ddp.ranks[0].state_bytes["params"] // 4  # fp32, replicated
+    masters = {rank.state_bytes["master"] for rank in gemini.ranks}
+    assert len(masters) == 1, f"ranks hold shards of different sizes: {sorted(masters)}"
+    master, = masters
+    for rank in gemini.ranks:
+        assert rank.state_bytes["params"] * 2 == master, rank.state_bytes  # bf16 and fp32 shards of one chunk
+        assert rank.state_bytes["grads"] == 0, rank.state_bytes  # gradients reuse the bf16 chunks
+    optimizer = sum(rank.state_bytes["optimizer"] for rank in gemini.ranks)
+    assert optimizer == 8 * parameters, f"HybridAdam state over the ranks: {optimizer} B, expected 8 x {parameters}"
+    share = master / (4 * parameters)
+    record_property("gemini_master_share", round(share, 6))  # 1/N plus the chunks' padding
+    assert 0.5 <= share < 1.0, f"per-rank fp32 masters are {share:.3f} of the model: not sharded"
+

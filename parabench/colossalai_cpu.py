@@ -5,7 +5,8 @@ stream and event calls around communication, device asserts, ``torch.cuda`` call
 names the upstream behaviour and when it can go. ``ensure_cpu_patches()`` applies ``CPU_PATCHES`` only
 when CUDA is absent, so a GPU run is never patched by them; ``VERSION_PATCHES`` (a mismatch with the
 pinned transformers, on any device) always apply. The patches in force are recorded in every case result.
-GeminiPlugin is not patched: its chunk manager computes on CUDA throughout (its cases need CUDA).
+GeminiPlugin runs on CPU with static placement and nothing offloaded (two chunk patches below); its
+``auto`` placement and offload fractions need CUDA (``ColossalAIGemini.requirements``).
 """
 
 from __future__ import annotations
@@ -149,6 +150,58 @@ def _eager_attention_under_shardformer() -> None:
     HybridParallelPlugin.configure = configure_eager
 
 
+# GeminiPlugin. Its chunk manager names where a chunk lives by device type: the accelerator's name
+# ("cuda", "npu") means resident for compute, "cpu" means offloaded. On a CPU machine the accelerator's name
+# is "cpu", so every chunk reads as offloaded and the first access fails in shard_move. With offload fractions
+# of 0 (the only static placement that runs here) a chunk is never offloaded, so the patches below report a
+# compute-resident chunk under the name the manager tests for and move shards towards compute only.
+_GEMINI_WHEN = "ColossalAI's Gemini asks the accelerator, not the device type, whether a chunk is resident for compute"
+_COMPUTE = "cuda"  # the name ChunkManager, GeminiManager and GeminiOptimizer test for a compute-resident chunk
+
+
+def _gemini_device_type() -> None:
+    from colossalai.zero.gemini.chunk.chunk import Chunk
+
+    def device_type(self) -> str:
+        if self.chunk_temp is not None:  # still being filled, on the compute device
+            return _COMPUTE
+        if self.is_gathered or self.cuda_shard is not None:
+            return _COMPUTE
+        return "cpu"  # the shard kept in cpu_shard only: after close_chunk, until first accessed
+
+    Chunk.device_type = property(device_type)
+
+
+def _gemini_shard_placement() -> None:
+    from colossalai.zero.gemini.chunk.chunk import Chunk
+
+    close_chunk = Chunk.close_chunk
+    paired_move = Chunk._Chunk__paired_shard_move
+
+    def to_compute(chunk) -> None:
+        """The host-memory shard becomes the compute shard: the same tensor, nothing copied."""
+        if chunk.cuda_shard is None and chunk.cpu_shard is not None:
+            chunk.cuda_shard = chunk.cpu_shard
+            if not chunk.pin_memory:
+                chunk.cpu_shard = None
+
+    def close_on_cpu(self) -> None:
+        close_chunk(self)  # a shard whose device is the CPU is put aside as "offloaded" (cpu_shard) ...
+        if not self.keep_gathered:
+            to_compute(self)  # ... but the CPU is where this machine computes: it stays the compute shard
+
+    def shard_move(self, device: torch.device, force_copy: bool = False, non_blocking: bool = False) -> None:
+        assert not self.is_gathered
+        if not self.optim_sync_flag:  # the fp32 master shard was updated apart: take it, in this chunk's dtype
+            paired_move(self, non_blocking=non_blocking)
+            self.optim_sync_flag = True
+            return
+        to_compute(self)  # a move "to the CPU" would be an offload from host memory to host memory: none
+
+    Chunk.close_chunk = close_on_cpu
+    Chunk.shard_move = shard_move
+
+
 VERSION_PATCHES = (
     Patch("colossalai-shardformer-eager-attention",
           "shardformer's GPT-2 forward (0.5.0) passes transformers 4.51's sdpa attention a padding mask, which "
@@ -191,6 +244,20 @@ CPU_PATCHES = (
           "without CUDA; the plain C++ kernel (written for aarch64, with scalar fallbacks) builds on x86 "
           "(JIT, ~90 s once, cached under ~/.cache/colossalai)",
           "ColossalAI ships a CPU-only x86 CPUAdam kernel", _cpu_adam_kernel),
+    Patch("colossalai-gemini-chunk-device-type",
+          "Chunk.device_type (zero/gemini/chunk/chunk.py) names a chunk resident for compute by the accelerator's "
+          "name, 'cpu' on a CPU machine, which ChunkManager.access_chunk, GeminiManager and GeminiOptimizer read "
+          "as offloaded: the first forward fails in shard_move ('assert not self.is_gathered'). A compute-resident "
+          "chunk (being filled, gathered, or holding its compute shard) is reported as 'cuda', the name they test",
+          _GEMINI_WHEN, _gemini_device_type),
+    Patch("colossalai-gemini-shard-placement",
+          "Chunk.close_chunk keeps a shard whose device is the CPU as an offloaded copy (cpu_shard, no compute "
+          "shard), and Chunk.shard_move asserts 'cuda'/'npu' before a chunk's first use and moves shards by "
+          "device type; on a CPU machine master (fp32) chunks then stayed 'offloaded' while their bf16 pairs were "
+          "resident, and the first optimizer step failed in optim_update ('assert self.device_type == \"cpu\"'). "
+          "Here the shard stays the compute shard when a chunk closes, a move towards compute adopts the host "
+          "shard without a copy, a move 'to the CPU' does nothing, and a paired fp32 shard is taken as upstream",
+          _GEMINI_WHEN, _gemini_shard_placement),
 )
 
 

@@ -147,8 +147,10 @@ class RankPool:
             for rank in pending:
                 waitables[self.connections[rank]] = rank
                 waitables[self.processes[rank].sentinel] = rank
-            watching = on_wait is not None or self.memory_limit_bytes is not None
-            wait_s = min(deadline - now, PROGRESS_INTERVAL_S) if watching else deadline - now
+            # Never block for long, even with nothing to watch (--bench-rank-memory=0, no progress callback): a
+            # signal (Ctrl-C, a CI runner's SIGTERM) that the kernel hands to another of this process's threads
+            # (OpenBLAS's server thread) only sets Python's flag, which the main thread reads when it next wakes.
+            wait_s = min(deadline - now, PROGRESS_INTERVAL_S)
             for ready in multiprocessing.connection.wait(list(waitables), timeout=wait_s):
                 rank = waitables[ready]
                 if rank not in pending:

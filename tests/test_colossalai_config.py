@@ -69,3 +69,82 @@ def test_step_table_rows_must_split_evenly():
     StepBench("row", 6, 8, "fp32", 4)  # rows split the input features: 8 / 4
     with pytest.raises(ValueError, match="divisible by the world size"):
         StepBench("col", 6, 8, "fp32", 4)
+
+
+# --------------------------------------------------------------------------- Gemini on CPU
+
+_GEMINI_CHUNK = """
+import os, sys, tempfile
+import torch, torch.distributed as dist
+from colossalai.zero.gemini.chunk.chunk import Chunk
+original = (Chunk.__dict__["device_type"], Chunk.close_chunk, Chunk.shard_move)
+cuda = sys.argv[1] == "cuda"
+if cuda:  # a machine with a CUDA device, as the patches see it
+    torch.cuda.is_available = lambda: True
+from parabench.colossalai_cpu import ensure_cpu_patches
+from parabench.patches import in_force
+ensure_cpu_patches()
+now = (Chunk.__dict__["device_type"], Chunk.close_chunk, Chunk.shard_move)
+print("patched", [a is not b for a, b in zip(original, now)])
+print("in force", sorted(p for p in in_force() if "gemini" in p))
+if not cuda:
+    dist.init_process_group("gloo", init_method="file://" + os.path.join(tempfile.mkdtemp(), "rdv"), rank=0,
+                            world_size=1)
+    chunk = Chunk(8, dist.group.WORLD, torch.bfloat16, init_device=torch.device("cpu"))
+    print("filling", chunk.device_type)
+    chunk.append_tensor(torch.ones(6, dtype=torch.bfloat16))
+    chunk.close_chunk()
+    print("closed", chunk.device_type, chunk.cuda_shard is not None, chunk.cpu_shard is None)
+    chunk.shard_move(torch.device("cpu"))  # an offload request: host memory to host memory, nothing moves
+    print("after a move to the CPU", chunk.device_type, chunk.cuda_shard is not None)
+"""
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_gemini_cpu_patches_apply_without_cuda_only(device, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "chunk.py"
+    script.write_text(_GEMINI_CHUNK)
+    result = subprocess.run([sys.executable, str(script), device], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1],
+                            env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    if device == "cuda":  # inert: Gemini's chunk code is upstream's
+        assert "patched [False, False, False]" in out and "in force []" in out, out
+        return
+    assert "patched [True, True, True]" in out, out
+    assert "in force ['colossalai-gemini-chunk-device-type', 'colossalai-gemini-shard-placement']" in out, out
+    # Filling, closed and after an offload request, the chunk is resident for compute under the name Gemini tests.
+    assert "filling cuda" in out and "closed cuda True True" in out and "after a move to the CPU cuda True" in out, out
+
+
+def test_gemini_on_cpu_skips_only_what_needs_cuda():
+    from parabench.matrix import skip_reason
+    from parabench.requirements import Machine
+
+    cpu = Machine(cuda_devices=0, max_cpu_world_size=4)
+    gemini = [case for case in cases(["colossalai-gemini"], ["hybrid-adam"], ["gpt2-text"], precisions=["bf16"])]
+    assert skip_reason(gemini[0], cpu) is None or "compiler" in skip_reason(gemini[0], cpu)
+    auto = cases(["colossalai-gemini"], ["hybrid-adam"], ["gpt2-text"], precisions=["bf16"],
+                 options={"placement": "auto"})[0]
+    assert "torch.cuda.synchronize()" in skip_reason(auto, cpu)
+    offload = cases(["colossalai-gemini"], ["hybrid-adam"], ["gpt2-text"], precisions=["bf16"],
+                    options={"offload_optim": 0.5})[0]
+    assert "offload_optim: offloading moves chunks" in skip_reason(offload, cpu)
+    nothing_offloaded = cases(["colossalai-gemini"], ["hybrid-adam"], ["gpt2-text"], precisions=["bf16"],
+                              options={"offload_optim": 0.0, "shard": 0.5})[0]
+    assert skip_reason(nothing_offloaded, cpu) == skip_reason(gemini[0], cpu)
+    assert skip_reason(auto, Machine(cuda_devices=2, max_cpu_world_size=4)) in (None, skip_reason(gemini[0], cpu))
+
+
+def test_gemini_chunks_are_scaled_to_the_model():
+    from parabench.strategies.colossalai_booster import gemini_chunk_search
+
+    assert gemini_chunk_search(437_760) == {"min_chunk_size_m": 437_760 / 4 / 2**20,
+                                            "search_range_m": 437_760 / 4 / 2**20}
+    assert gemini_chunk_search(124_000_000)["min_chunk_size_m"] == pytest.approx(29.56, abs=0.01)
+    assert gemini_chunk_search(1_000_000_000) == {"min_chunk_size_m": 32.0, "search_range_m": 32.0}

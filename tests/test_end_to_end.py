@@ -130,8 +130,11 @@ def test_interrupt_leaves_no_rank_process(tmp_path, how):
         def test_sleeps(pools):
             pools.run(2, rank_tasks.record_pid_and_sleep, {str(tmp_path)!r}, timeout_s=600)
     """)
+    # A job started in the background by a non-interactive shell (as a CI script may be) inherits SIGINT
+    # ignored, and Python then leaves it ignored: the session under test gets Ctrl-C's default, as at a terminal.
     process = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_session.py"],
-                               cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     pid_files = [tmp_path / f"rank{r}.pid" for r in range(2)]
     deadline = time.monotonic() + 120
     while not all(f.exists() and f.read_text() for f in pid_files):

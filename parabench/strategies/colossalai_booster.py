@@ -168,15 +168,42 @@ _FRACTIONS = {"shard": "shard_param_frac", "offload_optim": "offload_optim_frac"
               "offload_param": "offload_param_frac"}
 
 
+def gemini_chunk_search(parameters: int) -> dict[str, float]:
+    """GeminiPlugin's chunk-size search for a model of ``parameters`` elements.
+
+    Gemini keeps parameters that add up to less than ``min_chunk_size_m`` Mi elements in one chunk that is
+    never sharded (``search_chunk_configuration``: "let small parameters keep gathered"). At its default of
+    32 Mi every workload here (< 1 Mi parameters) trained replicated, as DDP: each rank held the whole
+    model, masters and optimizer state. The floor is scaled to a quarter of the model, so its chunks are
+    sharded as a large model's are; from 128 Mi parameters on, Gemini's defaults apply.
+    """
+    floor = min(32.0, parameters / 4 / 2**20)
+    return {"min_chunk_size_m": floor, "search_range_m": floor}
+
+
 class ColossalAIGemini(ColossalAIBooster):
     """``GeminiPlugin``: chunk-based ZeRO-3 with static (fractions) or ``auto`` (memory-tracing) placement."""
 
     name = "colossalai-gemini"
-    requires = Requirements(packages=("colossalai",), min_world_size=2, cuda=True,
-                            why_cuda=("GeminiPlugin's chunk manager keeps and computes its chunks on CUDA",))
     precisions = ("bf16", "fp16")  # Gemini keeps fp32 master chunks and computes in half precision
     master_weights = True
     option_names = ("placement", "shard", "offload_optim", "offload_param", "inject")
+
+    @classmethod
+    def requirements(cls, precision: str, options: Mapping[str, object] = ()) -> Requirements:
+        """On CPU (``parabench.colossalai_cpu``'s Gemini patches) static placement with nothing offloaded runs;
+        ``auto`` placement and the offload fractions need a CUDA device."""
+        options = dict(options)
+        needs = super().requirements(precision, options)
+        if options.get("placement", "static") == "auto":
+            needs += Requirements(cuda=True, why_cuda=("placement=auto: Gemini's memory monitor "
+                                                       "(SyncCudaMemoryMonitor) calls torch.cuda.synchronize()",))
+        offloaded = [key for key in ("offload_optim", "offload_param") if float(options.get(key) or 0) > 0]
+        if offloaded:
+            needs += Requirements(cuda=True, why_cuda=(
+                f"{', '.join(offloaded)}: offloading moves chunks from device memory to the CPU; on a CPU machine "
+                "there is none to offload from, so the offload path would not be exercised",))
+        return needs
 
     @classmethod
     def validate_options(cls, options: Mapping[str, object]) -> None:
@@ -195,18 +222,31 @@ class ColossalAIGemini(ColossalAIBooster):
         from colossalai.booster.plugin import GeminiPlugin
 
         fractions = {_FRACTIONS[key]: float(self.options[key]) for key in _FRACTIONS if key in self.options}
+        # Asynchronous reduction overlaps on a side stream and stages shards in pinned memory: CUDA only (pinned
+        # memory needs an accelerator's allocator; on CPU the reduction is in program order anyway).
         return GeminiPlugin(placement_policy=self.options.get("placement", "static"), precision=self.precision,
-                            **fractions)
+                            enable_async_reduce=self.context.device.type == "cuda",
+                            **gemini_chunk_search(sum(p.numel() for p in model.parameters())), **fractions)
 
     def state_tensors(self) -> dict[str, Iterable[object]]:
-        # Gemini's parameters are views into chunks: this rank holds each chunk's shard (on the device or,
-        # offloaded, on the CPU) and, while gathered, the whole chunk. The fp32 master chunks are the inner
-        # optimizer's parameters (HybridAdam keeps their state).
-        chunks = [chunk for group in self.model.chunk_manager.chunk_groups.values() for chunk in group]
-        held = [getattr(chunk, name) for chunk in chunks for name in ("cuda_global_chunk", "cuda_shard", "cpu_shard")]
-        base = self.stepping_optimizer()
-        return {"params": held, "optimizer": list(optimizer_state_tensors(base)),
-                "master": [p for group in base.param_groups for p in group["params"]]}
+        """Gemini's storage, each once: params are the half-precision chunks this rank holds (its shard of each
+        sharded chunk, the whole of a chunk kept gathered; a scattered chunk's global buffer has no storage),
+        grads the gradient chunks where Gemini does not reuse the parameter chunks for them (with fp32 masters
+        it does: nothing more), master the paired fp32 chunks' shards, optimizer the inner optimizer's state
+        (kept per shard, keyed by Gemini's placeholder parameters)."""
+        ddp = self.model
+        manager = ddp.chunk_manager
+
+        def held(chunk) -> list[object]:
+            return [chunk.cuda_global_chunk, chunk.cuda_shard, chunk.cpu_shard]
+
+        compute = list(dict.fromkeys(manager.get_chunk(p) for p in ddp.fp16_params))
+        masters = list(dict.fromkeys(c.paired_chunk for c in compute if c.paired_chunk is not None))
+        grads = [] if manager.reuse_fp16_chunk else [t for c in compute if c.grad_chunk is not None
+                                                     for t in held(c.grad_chunk)]
+        return {"params": [t for c in compute for t in held(c)], "grads": grads,
+                "master": [t for c in masters for t in held(c)],
+                "optimizer": list(optimizer_state_tensors(self.stepping_optimizer()))}
 
 
 class ColossalAIHybrid(ColossalAIBooster):
