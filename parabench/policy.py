@@ -74,6 +74,7 @@ def load_policy(path: str | Path) -> Policy:
                           f"format = {POLICY_FORMAT}")
     key = raw.get("key", {})
     _check_keys(path, "key.", key, {"fields", "ignore_packages"})
+    _check_values(path, "key", key, SCHEMA["key"])
     fields = tuple(key.get("fields", KEY_FIELDS))
     unknown = set(fields) - set(KEY_FIELDS)
     if unknown:
@@ -81,9 +82,17 @@ def load_policy(path: str | Path) -> Policy:
     table = {section: raw.get(section, {}) for section in RULE_FIELDS}
     for section, allowed in RULE_FIELDS.items():
         _check_keys(path, f"{section}.", table[section], allowed)
+    _check_sections(path, "", table)
     overrides = []
+    if not isinstance(raw.get("override", []), list):
+        raise PolicyError(f"{path}: override must be an array of tables ([[override]] entries)")
     for i, entry in enumerate(raw.get("override", [])):
         _check_keys(path, f"override[{i}].", entry, {"cases", *RULE_FIELDS})
+        for section in RULE_FIELDS:
+            _check_keys(path, f"override[{i}].{section}.", entry.get(section, {}), RULE_FIELDS[section])
+        _check_sections(path, f"override[{i}]", entry)
+        if "cases" in entry:
+            _check_values(path, f"override[{i}]", entry, {"cases": _PATTERNS})
         patterns = entry.get("cases")
         patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns or ())
         if not patterns:
@@ -98,6 +107,65 @@ def load_policy(path: str | Path) -> Policy:
     for device in DEVICES:
         policy.rules("", device)
     return policy
+
+
+# What each value takes: (check, what it takes). A wrong one is a usage error naming the table, the key,
+# what it got and what it takes, before any rule is built.
+def _number(low: float, high: float | None = None, low_open: bool = False, high_open: bool = False,
+            integer: bool = False, note: str = ""):
+    kind = "a whole number" if integer else "a number"
+    bounds = [f"{'>' if low_open else '≥'} {low:g}"] + ([f"{'<' if high_open else '≤'} {high:g}"]
+                                                      if high is not None else [])
+    takes = f"{kind} {' and '.join(bounds)}" + (f" ({note})" if note else "")
+
+    def check(value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+            return False
+        above = value > low if low_open else value >= low
+        below = high is None or (value < high if high_open else value <= high)
+        return above and below
+
+    return check, takes
+
+
+_BOOLEAN = (lambda value: isinstance(value, bool), "true or false")
+_BASIS = (lambda value: value in BASES or (isinstance(value, dict) and set(value) <= set(DEVICES)
+                                           and all(v in BASES for v in value.values())),
+          f"one of {', '.join(repr(b) for b in BASES)}, or a table of them by device "
+          f"({', '.join(DEVICES)}), e.g. {{ cpu = \"absolute\" }}")
+_STRINGS = (lambda value: isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of strings")
+_PATTERNS = (lambda value: isinstance(value, str) or (isinstance(value, list) and value
+                                                      and all(isinstance(v, str) for v in value)),
+             "a case-id pattern or a list of them (fnmatch), e.g. \"torch-fsdp-*\"")
+_TOL = _number(0, note="a fraction: 0.01 is 1 %")
+SCHEMA: dict[str, dict[str, tuple]] = {
+    "time": {"basis": _BASIS, "history": _number(1, integer=True), "spread_factor": _number(0),
+             "threshold": _number(0, 1, high_open=True, note="a fraction: 0.08 is 8 %"),
+             "alpha": _number(0, 1, low_open=True, high_open=True), "min_samples": _number(3, integer=True)},
+    "memory": {"rtol": _TOL, "atol": _number(0, integer=True, note="bytes"), "informational": _BOOLEAN},
+    "loss": {"exact": _BOOLEAN, "atol": _number(0), "rtol": _number(0)},
+    "key": {"fields": _STRINGS, "ignore_packages": _STRINGS},
+}
+
+
+def _check_values(path: Path, where: str, table: dict[str, Any], schema: dict[str, tuple]) -> None:
+    for name, value in table.items():
+        if name in schema:
+            check, takes = schema[name]
+            if not check(value):
+                raise PolicyError(f"{path}: [{where}] {name} = {value!r}: takes {takes}")
+
+
+def _check_sections(path: Path, where: str, sections: dict[str, Any]) -> None:
+    """Every value of a time/memory/loss table (the top level's or an override's) against ``SCHEMA``."""
+    prefix = f"{where}." if where else ""
+    _check_values(path, f"{prefix}time", sections.get("time", {}), SCHEMA["time"])
+    for metric, rule in sections.get("memory", {}).items():
+        _check_keys(path, f"{prefix}memory.{metric}.", rule, {"rtol", "atol", "informational"})
+        _check_values(path, f"{prefix}memory.{metric}", rule, SCHEMA["memory"])
+    for device, rule in sections.get("loss", {}).items():
+        _check_keys(path, f"{prefix}loss.{device}.", rule, {"exact", "atol", "rtol"})
+        _check_values(path, f"{prefix}loss.{device}", rule, SCHEMA["loss"])
 
 
 def _merge(into: dict, update: dict) -> None:

@@ -43,11 +43,29 @@ def pinned_cpus(rank: int, world_size: int, threads: int) -> set[int] | None:
 
 
 def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the controller dies, however it dies."""
+    """Ask Linux to SIGKILL this process when its parent dies, however it dies.
+
+    The parent is the controller's fork server (``parabench.pool``), which exits when the controller does:
+    multiprocessing hands every process the server forks a copy of the server's keep-alive pipe (so that it
+    could fork through the same server), and a server whose ranks hold it outlives a controller killed
+    outright, its ranks with it (a SIGKILLed session left both behind). The rank drops its copy first.
+    """
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    alive = getattr(server, "_forkserver_alive_fd", None)
+    if alive is not None:
+        try:
+            os.close(alive)
+        except OSError:
+            pass
+        server._forkserver_alive_fd = None
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before the request (reparented to init): nothing would signal it
+            os._exit(1)
     except OSError:  # not Linux: the controller's own clean-up still applies
         pass
 

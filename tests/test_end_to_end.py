@@ -209,3 +209,29 @@ def test_where_bf16_is_slow_the_profile_keeps_its_cheap_bf16_cases_and_says_so()
     assert "profile default runs only its bf16 cases for such hosts (--bench-bf16=all runs this one)" in skipped.stdout
     everything = pytest_run(*selection, "--collect-only", "-q", "--bench-bf16=all", env=AVX2)
     assert "bf16 case(s) of this profile skip" not in everything.stdout, outcome(everything)
+
+
+def test_a_controller_killed_outright_takes_its_ranks_with_it(tmp_path):
+    """SIGKILL leaves the controller no clean-up: its fork server sees it go and exits, and the ranks die with the
+    server (PR_SET_PDEATHSIG), instead of finishing their task (here a 600 s sleep) on their own."""
+    directory = session_dir(tmp_path, f"""
+        from tests import rank_tasks
+
+        def test_sleeps(pools):
+            pools.run(2, rank_tasks.record_pid_and_sleep, {str(tmp_path)!r}, timeout_s=600)
+    """)
+    process = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_session.py"],
+                               cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pid_files = [tmp_path / f"rank{r}.pid" for r in range(2)]
+    deadline = time.monotonic() + 120
+    while not all(f.exists() and f.read_text() for f in pid_files):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
+        time.sleep(0.2)
+    ranks = [int(f.read_text()) for f in pid_files]
+    process.kill()
+    process.communicate(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(not process_gone(pid) for pid in ranks) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = [pid for pid in ranks if not process_gone(pid)]
+    assert not alive, f"rank processes {alive} outlived their controller, killed with SIGKILL"
