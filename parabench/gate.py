@@ -147,27 +147,41 @@ def compare(now: Sequence[Mapping[str, Any]], stored: Iterable[StoredRun], polic
     report = GateReport(injected=injected)
     history = newest_by_name(stored)
     measured = {bench["name"] for bench in now}
+    # With versions = "compare" the library versions leave the key: a stored run of other versions is compared
+    # (the runs of this run's versions first, if any), and every row of such a case names what differs.
+    fields = tuple(f for f in policy.key_fields if f != "versions" or policy.versions == "equal")
+    across: Counter[str] = Counter()
     for bench in sorted(now, key=lambda b: b["name"]):
         info = bench["extra_info"]
         if "case" not in info:
             continue
-        key = machine_key(info, policy.key_fields, policy.ignore_packages)
+        key = machine_key(info, fields, policy.ignore_packages)
         candidates = history.get(bench["name"], [])
         same = [(run, old) for run, old in candidates
-                if machine_key(old["extra_info"], policy.key_fields, policy.ignore_packages) == key]
+                if machine_key(old["extra_info"], fields, policy.ignore_packages) == key]
         if same:
+            mine = _versions(info, policy)
+            equal = [(run, old) for run, old in same if _versions(old["extra_info"], policy) == mine]
+            if not equal:  # the newest run's versions, pooled with the runs of the same versions only
+                theirs = _versions(same[0][1]["extra_info"], policy)
+                equal = [(run, old) for run, old in same if _versions(old["extra_info"], policy) == theirs]
             rules = policy.rules(info["case"]["id"], info.get("device", "cpu"))
-            pooled = [old["extra_info"] for _, old in same[:rules.time_history]]
-            rows = judge_case(bench["name"], pooled, info, rules, same[0][0].path)
+            pooled = [old["extra_info"] for _, old in equal[:rules.time_history]]
+            rows = judge_case(bench["name"], pooled, info, rules, equal[0][0].path)
             if not judge_time and rows[0].verdict is not Verdict.INFO:
                 rows[0] = replace(rows[0], verdict=Verdict.INFO,
                                   detail=f"reported, not judged: by the policy {rows[0].verdict.value}; {rows[0].detail}")
+            changed = version_changes(_versions(pooled[0], policy), mine)
+            if changed:
+                across[changed] += 1
+                rows = [_across_versions(row, changed) for row in rows]
             report.rows += rows
         elif candidates:
             run, old = candidates[0]
             other = machine_key(old["extra_info"], policy.key_fields, policy.ignore_packages)
+            full = machine_key(info, policy.key_fields, policy.ignore_packages)
             report.rows.append(Row(bench["name"], "all", Verdict.NOT_COMPARABLE, detail="stored under another "
-                                   "machine key: " + "; ".join(key_differences(other, key)), source=run.path))
+                                   "machine key: " + "; ".join(key_differences(other, full)), source=run.path))
         else:
             report.rows.append(Row(bench["name"], "all", Verdict.NEW, detail="no stored baseline"))
     here = {(b["extra_info"].get("device"), _hardware(b["extra_info"])) for b in now if "case" in b["extra_info"]}
@@ -177,9 +191,31 @@ def compare(now: Sequence[Mapping[str, Any]], stored: Iterable[StoredRun], polic
         if entries:
             report.rows.append(Row(name, "all", Verdict.MISSING, detail="selected and stored, but no result now "
                                    "(failed, skipped or errored: see the test report)", source=entries[0][0].path))
+    for changed, count in across.most_common():
+        report.notes.append(f"compared across library versions ({changed}, stored → now): {count} case(s); the loss "
+                            f"curve is reported there, not judged (parity with one process checks correctness); "
+                            f"[key] versions = \"equal\" in the policy compares equal versions only")
     if any(r.verdict is Verdict.NEW for r in report.rows):
         report.notes.append(f"cases without a stored baseline for this machine key are 'new'; {RECORD_HINT}")
     return report
+
+
+def _versions(info: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
+    return machine_key(info, ("versions",), policy.ignore_packages)["versions"]
+
+
+def version_changes(stored: Mapping[str, str], now: Mapping[str, str]) -> str:
+    """``deepspeed 0.19.8 → 0.19.7, torch 2.13.0 → 2.14.1`` (stored → now), or "" when they agree."""
+    return ", ".join(f"{name} {stored.get(name, 'absent')} → {now.get(name, 'absent')}"
+                     for name in sorted(set(stored) | set(now)) if stored.get(name) != now.get(name))
+
+
+def _across_versions(row: Row, changed: str) -> Row:
+    """A row compared with a run of other library versions: named so; a loss curve that differs is reported."""
+    if row.metric == "loss curve" and row.verdict is Verdict.REGRESSED:
+        return replace(row, verdict=Verdict.INFO, detail=f"{row.detail}; versions differ ({changed}): reported, "
+                                                        "not judged")
+    return replace(row, detail=f"{row.detail}; versions differ ({changed})")
 
 
 def judge_case(name: str, baselines: Sequence[Mapping[str, Any]], now: Mapping[str, Any], rules: Rules,

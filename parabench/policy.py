@@ -48,6 +48,9 @@ class Policy:
     path: str
     key_fields: tuple[str, ...]
     ignore_packages: tuple[str, ...]
+    # "compare": a stored run of other library versions is compared, the versions named ("did the upgrade make
+    # it slower?"); "equal": only runs of the same versions are (like the other key fields).
+    versions: str
     rules_table: dict[str, Any]                      # time, memory, loss
     overrides: tuple[tuple[tuple[str, ...], dict[str, Any]], ...]
 
@@ -73,7 +76,7 @@ def load_policy(path: str | Path) -> Policy:
         raise PolicyError(f"{path}: policy format {raw.get('format')!r} is not known; this version reads "
                           f"format = {POLICY_FORMAT}")
     key = raw.get("key", {})
-    _check_keys(path, "key.", key, {"fields", "ignore_packages"})
+    _check_keys(path, "key.", key, {"fields", "ignore_packages", "versions"})
     _check_values(path, "key", key, SCHEMA["key"])
     fields = tuple(key.get("fields", KEY_FIELDS))
     unknown = set(fields) - set(KEY_FIELDS)
@@ -100,7 +103,8 @@ def load_policy(path: str | Path) -> Policy:
         for section in RULE_FIELDS:
             _check_keys(path, f"override[{i}].{section}.", entry.get(section, {}), RULE_FIELDS[section])
         overrides.append((patterns, {s: entry[s] for s in RULE_FIELDS if s in entry}))
-    policy = Policy(str(path), fields, tuple(key.get("ignore_packages", ())), table, tuple(overrides))
+    policy = Policy(str(path), fields, tuple(key.get("ignore_packages", ())), key.get("versions", "compare"), table,
+                    tuple(overrides))
     for patterns, _ in policy.overrides:  # every combination builds, so errors show now, not mid-gate
         for device in DEVICES:
             policy.rules(patterns[0], device)
@@ -144,7 +148,10 @@ SCHEMA: dict[str, dict[str, tuple]] = {
              "alpha": _number(0, 1, low_open=True, high_open=True), "min_samples": _number(3, integer=True)},
     "memory": {"rtol": _TOL, "atol": _number(0, integer=True, note="bytes"), "informational": _BOOLEAN},
     "loss": {"exact": _BOOLEAN, "atol": _number(0), "rtol": _number(0)},
-    "key": {"fields": _STRINGS, "ignore_packages": _STRINGS},
+    "key": {"fields": _STRINGS, "ignore_packages": _STRINGS,
+            "versions": (lambda value: value in ("compare", "equal"),
+                         "\"compare\" (a stored run of other library versions is compared, naming them) or "
+                         "\"equal\" (only runs of the same versions are)")},
 }
 
 

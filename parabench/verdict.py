@@ -141,8 +141,10 @@ def judge_curve(baseline: Sequence[float], now: Sequence[float], rule: CurveRule
     final = (f"{baseline[-1]:.6f}", f"{now[-1]:.6f}") if baseline else ("", "")
     if step is None:
         return Judgement(Verdict.UNCHANGED, *final, detail=f"every step equal ({how})")
+    largest = max(abs(a - b) for a, b in zip(now, baseline))
     return Judgement(Verdict.REGRESSED, *final, change=(now[-1] / baseline[-1] - 1) if baseline[-1] else None,
-                     detail=f"diverged at step {step}: {now[step]:.8f} vs {baseline[step]:.8f} ({how})")
+                     detail=f"diverged at step {step}: {now[step]:.8f} vs {baseline[step]:.8f} ({how}); "
+                            f"max |Δ| {largest:.2e}")
 
 
 def judge_parity(baseline: dict | None, now: dict) -> Judgement:

@@ -320,3 +320,29 @@ def test_regressions_are_repeated_in_the_last_lines(tmp_path):
     report = compare([bench(info(state=4_040_000, seed=2))], discover(tmp_path), POLICY)
     assert report.regression_lines() == [f"REGRESSED test_train[{CASE_ID}] state_bytes: 4.000 MB -> 4.040 MB "
                                          "(+1.0%; tolerance 0.10%; worst of 2 ranks: rank 0)"]
+
+
+def test_a_baseline_of_other_library_versions_is_compared_naming_them(tmp_path):
+    store(tmp_path, bench(info(seed=1, torch_version="2.12.0+cpu")))
+    shifted = [5.5 - 0.1 * i for i in range(5)] + [5.5 - 0.1 * i + 2e-3 for i in range(5, 22)]
+    report = compare([bench(info(step_ms=52.0, losses=shifted, seed=2))], discover(tmp_path), POLICY)
+    rows = {row.metric.split(" (")[0]: row for row in report.rows}
+    assert all("versions differ (torch 2.12.0+cpu → 2.13.0+cpu)" in row.detail for row in rows.values())
+    assert rows["step time"].verdict is Verdict.REGRESSED  # did the upgrade make it slower: judged
+    assert rows["state_bytes"].verdict is Verdict.UNCHANGED
+    curve = rows["loss curve"]  # other versions may round otherwise: shown with where and how much, not judged
+    assert curve.verdict is Verdict.INFO and "diverged at step 5" in curve.detail and "max |Δ| 2.00e-03" in curve.detail
+    assert any(note.startswith("compared across library versions (torch 2.12.0+cpu → 2.13.0+cpu, stored → now): "
+                               "1 case(s)") for note in report.notes)
+    equal = load_policy(write_policy(tmp_path, 'format = 1\n[key]\nversions = "equal"\n'))
+    (row,) = compare([bench(info(seed=2))], discover(tmp_path), equal).rows
+    assert row.verdict is Verdict.NOT_COMPARABLE and "torch 2.12.0+cpu vs 2.13.0+cpu" in row.detail
+
+
+def test_runs_of_this_runs_versions_are_preferred(tmp_path):
+    store(tmp_path, bench(info(seed=1, state=3_000_000)), name="0001_same.json", when="2026-01-01T00:00:00")
+    store(tmp_path, bench(info(seed=2, torch_version="2.12.0+cpu")), name="0002_older_torch.json",
+          when="2026-02-01T00:00:00")
+    report = compare([bench(info(seed=3, state=3_000_000))], discover(tmp_path), POLICY)
+    assert not report.regressions and not report.notes
+    assert {row.source for row in report.rows} == {str(tmp_path / "Linux-CPython-3.11-64bit" / "0001_same.json")}
