@@ -25,6 +25,7 @@ BASES = ("absolute", "normalized")
 MEMORY_METRICS = ("state_bytes", "peak_allocated_bytes", "cuda_max_reserved_bytes", "rss_bytes")
 RULE_FIELDS = {"time": {"basis", "history", "spread_factor", "threshold", "alpha", "min_samples"},
                "memory": set(MEMORY_METRICS), "loss": set(DEVICES)}
+AB_FIELDS = {"threshold", "alpha", "rounds"}  # the paired same-session verdict (parabench/ab.py)
 
 
 class PolicyError(ValueError):
@@ -53,6 +54,13 @@ class Policy:
     versions: str
     rules_table: dict[str, Any]                      # time, memory, loss
     overrides: tuple[tuple[tuple[str, ...], dict[str, Any]], ...]
+    ab: dict[str, Any]  # the [ab] table: PairedRule's fields
+
+    def ab_rule(self):
+        """The paired A/B rule (``parabench.ab.PairedRule``) of this policy."""
+        from parabench.ab import PairedRule
+
+        return PairedRule(**self.ab)
 
     def rules(self, case_id: str, device: str) -> Rules:
         """The rules for ``case_id`` on ``device``: the table, then each matching override in file order."""
@@ -71,7 +79,10 @@ def load_policy(path: str | Path) -> Policy:
         raise PolicyError(f"{path}: no policy file; the gate needs one (see baselines/README.md)") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise PolicyError(f"{path}: not valid TOML ({error}); fix it or restore it from git") from None
-    _check_keys(path, "", raw, {"format", "key", "time", "memory", "loss", "override"})
+    _check_keys(path, "", raw, {"format", "key", "time", "memory", "loss", "override", "ab"})
+    ab = raw.get("ab", {})
+    _check_keys(path, "ab.", ab, AB_FIELDS)
+    _check_values(path, "ab", ab, SCHEMA["ab"])
     if raw.get("format") != POLICY_FORMAT:
         raise PolicyError(f"{path}: policy format {raw.get('format')!r} is not known; this version reads "
                           f"format = {POLICY_FORMAT}")
@@ -104,7 +115,7 @@ def load_policy(path: str | Path) -> Policy:
             _check_keys(path, f"override[{i}].{section}.", entry.get(section, {}), RULE_FIELDS[section])
         overrides.append((patterns, {s: entry[s] for s in RULE_FIELDS if s in entry}))
     policy = Policy(str(path), fields, tuple(key.get("ignore_packages", ())), key.get("versions", "compare"), table,
-                    tuple(overrides))
+                    tuple(overrides), dict(ab))
     for patterns, _ in policy.overrides:  # every combination builds, so errors show now, not mid-gate
         for device in DEVICES:
             policy.rules(patterns[0], device)
@@ -148,6 +159,9 @@ SCHEMA: dict[str, dict[str, tuple]] = {
              "alpha": _number(0, 1, low_open=True, high_open=True), "min_samples": _number(3, integer=True)},
     "memory": {"rtol": _TOL, "atol": _number(0, integer=True, note="bytes"), "informational": _BOOLEAN},
     "loss": {"exact": _BOOLEAN, "atol": _number(0), "rtol": _number(0)},
+    "ab": {"threshold": _number(0, 1, high_open=True, note="a fraction: 0.05 is 5 %"),
+           "alpha": _number(0, 1, low_open=True, high_open=True, note="per session"),
+           "rounds": _number(2, integer=True)},
     "key": {"fields": _STRINGS, "ignore_packages": _STRINGS,
             "versions": (lambda value: value in ("compare", "equal"),
                          "\"compare\" (a stored run of other library versions is compared, naming them) or "

@@ -346,3 +346,11 @@ def test_runs_of_this_runs_versions_are_preferred(tmp_path):
     report = compare([bench(info(seed=3, state=3_000_000))], discover(tmp_path), POLICY)
     assert not report.regressions and not report.notes
     assert {row.source for row in report.rows} == {str(tmp_path / "Linux-CPython-3.11-64bit" / "0001_same.json")}
+
+
+def test_the_ab_table_is_checked_and_builds_the_paired_rule(tmp_path):
+    assert POLICY.ab_rule().rounds >= 2 and 0 < POLICY.ab_rule().alpha < 1
+    with pytest.raises(PolicyError, match=re.escape("[ab] rounds = 1: takes a whole number ≥ 2")):
+        load_policy(write_policy(tmp_path, "format = 1\n[ab]\nrounds = 1\n"))
+    with pytest.raises(PolicyError, match=re.escape("unknown key ab.round; known here: alpha, rounds, threshold")):
+        load_policy(write_policy(tmp_path, "format = 1\n[ab]\nround = 8\n"))

@@ -1,0 +1,111 @@
+"""Paired step-time verdicts for an A/B session: base and head run in alternating rounds on one machine.
+
+Each round runs a case once on each side; the round's number is the log of head's median steady step over
+base's. Slow drift of the machine (another job, thermal state) moves both sides of a round alike and cancels
+in the ratio, which is what makes a same-session comparison hold where stored baselines moved by up to 39 %.
+
+For each case: the ratio is the median over the rounds; the evidence is a one-sided Wilcoxon signed-rank test
+of the rounds' log ratios against the threshold (head slower by more than ``threshold``; and, the other way,
+faster by more than it). A session judges many cases, so the false-alarm rate is held per session: the
+p-values of all its cases (both directions) are adjusted together (Benjamini–Hochberg,
+``scipy.stats.false_discovery_control``; with every case unchanged, as in an A/A session, the chance of any
+alarm is then at most ``alpha``). A case regresses when its adjusted p-value is below ``alpha`` and its
+median ratio is above ``1 + threshold``.
+
+The rules are data (``baselines/policy.toml``, ``[ab]``). With n rounds the smallest one-sided p-value is
+2^-n, so ``rounds`` bounds what ``alpha`` can be reached over K cases (about alpha / K for the smallest).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+from scipy.stats import false_discovery_control, wilcoxon
+
+from parabench.verdict import Verdict
+
+
+@dataclass(frozen=True)
+class PairedRule:
+    threshold: float = 0.05  # a slowdown below 5 % is not a regression, however sure
+    alpha: float = 0.05      # per session: the chance that an unchanged session raises any alarm
+    rounds: int = 8          # one run of each case on each side per round
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.threshold < 1 or not 0 < self.alpha < 1 or self.rounds < 2:
+            raise ValueError(f"A/B rule {self}: need 0 ≤ threshold < 1, 0 < alpha < 1 and rounds ≥ 2")
+
+
+@dataclass(frozen=True)
+class Paired:
+    """One case's rounds: the median head/base ratio and the one-sided evidence each way."""
+
+    ratio: float
+    p_slower: float  # head slower than base by more than the threshold
+    p_faster: float  # head faster by more than it
+    rounds: int
+
+
+@dataclass(frozen=True)
+class PairedVerdict:
+    verdict: Verdict
+    ratio: float
+    p_adjusted: float  # of the direction the median points to, adjusted over the session
+    detail: str
+
+
+def log_ratios(head: Sequence[float], base: Sequence[float]) -> np.ndarray:
+    """Per round, log(head / base) of the two sides' median steady steps (seconds)."""
+    if len(head) != len(base) or not head:
+        raise ValueError(f"paired rounds need as many head as base values, and some: got {len(head)} and {len(base)}")
+    head_a, base_a = np.asarray(head, dtype=float), np.asarray(base, dtype=float)
+    if not (np.all(np.isfinite(head_a)) and np.all(np.isfinite(base_a)) and np.all(head_a > 0) and np.all(base_a > 0)):
+        raise ValueError("paired rounds need positive, finite step times")
+    return np.log(head_a) - np.log(base_a)
+
+
+def paired(ratios: np.ndarray, threshold: float) -> Paired:
+    """The rounds' log ratios judged against ``threshold`` both ways (one-sided signed-rank tests)."""
+    margin = math.log1p(threshold)
+    slower = ratios - margin   # > 0 where head was slower than base by more than the threshold
+    faster = -ratios - margin  # > 0 where head was faster by more than it
+    return Paired(ratio=float(np.exp(np.median(ratios))), p_slower=_greater(slower), p_faster=_greater(faster),
+                  rounds=len(ratios))
+
+
+def _greater(differences: np.ndarray) -> float:
+    if np.all(differences == 0):
+        return 1.0
+    magnitudes = np.abs(differences)
+    # The exact null distribution holds without ties or zeros; otherwise the normal approximation (scipy's own
+    # choice there is a permutation test, 0.5 s a call).
+    exact = len(differences) <= 50 and np.all(magnitudes > 0) and len(np.unique(magnitudes)) == len(magnitudes)
+    return float(wilcoxon(differences, alternative="greater", zero_method="zsplit",
+                          method="exact" if exact else "approx").pvalue)
+
+
+def session_verdicts(cases: Mapping[str, Paired], rule: PairedRule) -> dict[str, PairedVerdict]:
+    """Every case of one session, its p-values adjusted together so that the session holds ``rule.alpha``."""
+    names = sorted(cases)
+    if not names:
+        return {}
+    raw = [p for name in names for p in (cases[name].p_slower, cases[name].p_faster)]
+    adjusted = false_discovery_control(raw, method="bh")
+    out = {}
+    for i, name in enumerate(names):
+        case = cases[name]
+        p_slower, p_faster = float(adjusted[2 * i]), float(adjusted[2 * i + 1])
+        if case.ratio > 1 + rule.threshold and p_slower <= rule.alpha:
+            verdict, p = Verdict.REGRESSED, p_slower
+        elif case.ratio < 1 / (1 + rule.threshold) and p_faster <= rule.alpha:
+            verdict, p = Verdict.IMPROVED, p_faster
+        else:
+            verdict, p = Verdict.UNCHANGED, min(p_slower, p_faster)
+        detail = (f"median head/base {case.ratio - 1:+.1%} over {case.rounds} paired rounds; threshold "
+                  f"±{rule.threshold:.0%}, Wilcoxon signed-rank p={p:.2g} adjusted over {len(names)} case(s) "
+                  f"(session alpha {rule.alpha:g})")
+        out[name] = PairedVerdict(verdict, case.ratio, p, detail)
+    return out
