@@ -190,3 +190,30 @@ def test_epochs_split_the_steps_in_order(steps, batch, examples):
     first = min(steps, -(-examples // batch))  # the steps that start in epoch 1
     assert epochs[0][1] == pytest.approx(statistics.fmean(range(first)))
     assert [loss for _, loss, _ in epochs] == sorted(loss for _, loss, _ in epochs)  # the losses rise with the step
+
+
+def test_the_seeds_plugin_table_takes_each_plugin_in_its_precision(tmp_path):
+    def plugin(strategy, precision, options=None, steps=20):
+        bench = case_benchmark(strategy, group="colossalai")
+        case = bench["extra_info"]["case"]
+        case.update(precision=precision, options=options or {}, steps=steps)
+        case["id"] = f"{strategy}-adamw-vit_digits-w2-{precision}" + "".join(f"-{k}{v}" for k, v in (options or {}).items())
+        bench["extra_info"]["step_seconds"] = bench["extra_info"]["step_seconds"][:1] * steps
+        bench["name"] = f"test_train[{case['id']}]"
+        return bench
+
+    benchmarks = [case_benchmark("single", 1), plugin("colossalai-torch-ddp", "fp32"),
+                  plugin("colossalai-torch-ddp", "bf16"), plugin("colossalai-lowlevelzero2", "bf16"),
+                  plugin("colossalai-lowlevelzero2", "fp32"), plugin("colossalai-gemini", "bf16"),
+                  plugin("colossalai-gemini", "bf16", {"shard": 0.5}), plugin("colossalai-hybrid", "fp32", {"tp": 2})]
+    run = load(write_run(tmp_path / "store" / "machine" / "0001_seeds.json", benchmarks))
+    chosen = [(label, record.id) for label, record in tables.seed_plugins(run)]
+    assert chosen == [("torch_ddp (fp32)", "colossalai-torch-ddp-adamw-vit_digits-w2-fp32"),
+                      ("torch_ddp with mixed precision (bf16)", "colossalai-torch-ddp-adamw-vit_digits-w2-bf16"),
+                      ("low_level_zero (bf16)", "colossalai-lowlevelzero2-adamw-vit_digits-w2-bf16"),
+                      ("gemini (bf16)", "colossalai-gemini-adamw-vit_digits-w2-bf16"),
+                      ("hybrid_parallel (fp32)", "colossalai-hybrid-adamw-vit_digits-w2-fp32-tp2")]
+    out = tmp_path / "report"
+    assert main(["report", str(tmp_path / "store" / "machine" / "0001_seeds.json"), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "## The seeds' ColossalAI plugins" in text and "| gemini (bf16)" in text and "not in this run" not in text

@@ -123,6 +123,18 @@ def _write(doc: Document, run: ReportRun, base: ReportRun | None, steps: int, po
                    lambda path: figures.memory_per_rank(path, title, records, source))
         doc.figure(f"loss_{table.name}", f"loss curves: {title}",
                    lambda path: figures.loss_curves(path, title, records, source))
+    seeds = tables.seed_plugins(run)
+    if len(seeds) > 1:
+        title = "the seeds' plugins on vit-digits, each in its precision"
+        doc.heading("The seeds' ColossalAI plugins")
+        table = tables.strategy_comparison(title, [record for _, record in seeds], run, steps)
+        table.name = "seed_plugins"
+        for row, (label, _) in zip(table.rows, seeds):
+            row[0] = label
+        missing = [label for label, *_ in tables.SEED_PLUGINS if not any(l.startswith(label + " (") for l, _ in seeds)]
+        if missing:
+            table.notes.append(f"not in this run: {', '.join(missing)} (see its skip reasons)")
+        doc.table(table)
     for sweep in (tables.batch_sweep(run), tables.split_sweep(run)):
         if sweep is None:
             continue

@@ -93,6 +93,33 @@ def comparisons(run: ReportRun) -> list[tuple[str, list[CaseRecord]]]:
     return out
 
 
+# The seeds' ColossalAI experiment: ViT under each booster plugin, each in the precision it was run in. Per plugin,
+# (strategy, options it must have, precisions in order of preference: CUDA's first, what a CPU machine runs next).
+SEED_PLUGINS = (
+    ("torch_ddp", "colossalai-torch-ddp", {}, ("fp32",)),
+    ("torch_ddp with mixed precision", "colossalai-torch-ddp", {}, ("fp16", "bf16")),
+    ("low_level_zero", "colossalai-lowlevelzero2", {}, ("fp16", "bf16", "fp32")),
+    ("gemini", "colossalai-gemini", {}, ("fp16", "bf16")),
+    ("hybrid_parallel", "colossalai-hybrid", {"tp": 2}, ("fp16", "bf16", "fp32")),
+)
+
+
+def seed_plugins(run: ReportRun, workload: str = "vit-digits") -> list[tuple[str, CaseRecord]]:
+    """The seeds' plugin table: for each of their plugins, its ``workload`` case of this run (on two ranks, the
+    most measured steps), in the first precision of its preference the run has; plugins the run lacks are left out."""
+    records = [r for r in _sweep_free(run) if r.case["workload"] == workload and r.world_size == 2]
+    chosen = []
+    for label, strategy, options, precisions in SEED_PLUGINS:
+        for precision in precisions:
+            found = [r for r in records if r.strategy == strategy and r.case["precision"] == precision
+                     and all(dict(r.case.get("options", {})).get(k) == v for k, v in options.items())
+                     and (options or not r.case.get("options"))]
+            if found:
+                chosen.append((f"{label} ({precision})", max(found, key=lambda r: (len(r.step_seconds), r.id))))
+                break
+    return chosen
+
+
 def _setting(record: CaseRecord) -> tuple:
     case = record.case
     return case["optimizer"], case["precision"], record.global_batch, case.get("grad_accum", 1), len(record.step_seconds)

@@ -96,11 +96,16 @@ class ColossalAIBooster(Strategy):
 
 
 class ColossalAITorchDDP(ColossalAIBooster):
-    """``TorchDDPPlugin``: torch DDP behind the booster; fp16 through the booster's torch AMP (CUDA)."""
+    """``TorchDDPPlugin``: torch DDP behind the booster; fp16 through the booster's torch AMP (CUDA), bf16 through
+    torch's autocast around the forward (0.5.0's booster bf16, ``BF16MixedPrecision``, is an empty placeholder):
+    the seeds' torch_ddp with mixed precision on a machine whose kernels run bf16."""
 
     name = "colossalai-torch-ddp"
-    precisions = ("fp32", "fp16")  # 0.5.0's booster bf16 (BF16MixedPrecision) is an empty placeholder
+    precisions = ("fp32", "bf16", "fp16")
     booster_precision = {"fp16": "fp16"}
+
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        return self.autocast.context() if self.precision == "bf16" else contextlib.nullcontext()
 
     def plugin(self, model: torch.nn.Module, workload: Workload):
         from colossalai.booster.plugin import TorchDDPPlugin
