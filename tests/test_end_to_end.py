@@ -122,8 +122,8 @@ def test_failing_cases_fail_with_the_rank_story_and_the_session_goes_on(tmp_path
     assert elapsed < 200
 
 
-@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
-def test_interrupt_leaves_no_rank_process(tmp_path, how):
+def sleeping_session(tmp_path: Path) -> tuple[subprocess.Popen, list[int]]:
+    """A pytest session whose 2 ranks are sleeping in a 600 s task: the session's process and the ranks' pids."""
     directory = session_dir(tmp_path, f"""
         from tests import rank_tasks
 
@@ -140,7 +140,12 @@ def test_interrupt_leaves_no_rank_process(tmp_path, how):
     while not all(f.exists() and f.read_text() for f in pid_files):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
         time.sleep(0.2)
-    ranks = [int(f.read_text()) for f in pid_files]
+    return process, [int(f.read_text()) for f in pid_files]
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_interrupt_leaves_no_rank_process(tmp_path, how):
+    process, ranks = sleeping_session(tmp_path)
     process.send_signal(how)
     try:
         output = process.communicate(timeout=120)[0]
@@ -214,20 +219,7 @@ def test_where_bf16_is_slow_the_profile_keeps_its_cheap_bf16_cases_and_says_so()
 def test_a_controller_killed_outright_takes_its_ranks_with_it(tmp_path):
     """SIGKILL leaves the controller no clean-up: its fork server sees it go and exits, and the ranks die with the
     server (PR_SET_PDEATHSIG), instead of finishing their task (here a 600 s sleep) on their own."""
-    directory = session_dir(tmp_path, f"""
-        from tests import rank_tasks
-
-        def test_sleeps(pools):
-            pools.run(2, rank_tasks.record_pid_and_sleep, {str(tmp_path)!r}, timeout_s=600)
-    """)
-    process = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_session.py"],
-                               cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    pid_files = [tmp_path / f"rank{r}.pid" for r in range(2)]
-    deadline = time.monotonic() + 120
-    while not all(f.exists() and f.read_text() for f in pid_files):
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
-        time.sleep(0.2)
-    ranks = [int(f.read_text()) for f in pid_files]
+    process, ranks = sleeping_session(tmp_path)
     process.kill()
     process.communicate(timeout=30)
     deadline = time.monotonic() + 30
