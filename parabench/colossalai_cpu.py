@@ -163,9 +163,8 @@ def _gemini_device_type() -> None:
     from colossalai.zero.gemini.chunk.chunk import Chunk
 
     def device_type(self) -> str:
-        if self.chunk_temp is not None:  # still being filled, on the compute device
-            return _COMPUTE
-        if self.is_gathered or self.cuda_shard is not None:
+        # Still being filled (on the compute device), gathered, or holding its compute shard.
+        if self.chunk_temp is not None or self.is_gathered or self.cuda_shard is not None:
             return _COMPUTE
         return "cpu"  # the shard kept in cpu_shard only: after close_chunk, until first accessed
 

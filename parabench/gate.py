@@ -160,11 +160,11 @@ def compare(now: Sequence[Mapping[str, Any]], stored: Iterable[StoredRun], polic
         same = [(run, old) for run, old in candidates
                 if machine_key(old["extra_info"], fields, policy.ignore_packages) == key]
         if same:
+            # This run's versions if a stored run has them, else the newest run's; pooled with runs of those only.
             mine = _versions(info, policy)
-            equal = [(run, old) for run, old in same if _versions(old["extra_info"], policy) == mine]
-            if not equal:  # the newest run's versions, pooled with the runs of the same versions only
-                theirs = _versions(same[0][1]["extra_info"], policy)
-                equal = [(run, old) for run, old in same if _versions(old["extra_info"], policy) == theirs]
+            stored_versions = [_versions(old["extra_info"], policy) for _, old in same]
+            target = mine if mine in stored_versions else stored_versions[0]
+            equal = [entry for entry, versions in zip(same, stored_versions) if versions == target]
             rules = policy.rules(info["case"]["id"], info.get("device", "cpu"))
             pooled = [old["extra_info"] for _, old in equal[:rules.time_history]]
             rows = judge_case(bench["name"], pooled, info, rules, equal[0][0].path)

@@ -111,8 +111,6 @@ def load_policy(path: str | Path) -> Policy:
         patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns or ())
         if not patterns:
             raise PolicyError(f"{path}: override[{i}] needs cases = \"pattern\" (fnmatch on case ids)")
-        for section in RULE_FIELDS:
-            _check_keys(path, f"override[{i}].{section}.", entry.get(section, {}), RULE_FIELDS[section])
         overrides.append((patterns, {s: entry[s] for s in RULE_FIELDS if s in entry}))
     policy = Policy(str(path), fields, tuple(key.get("ignore_packages", ())), key.get("versions", "compare"), table,
                     tuple(overrides), dict(ab))
