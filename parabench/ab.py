@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy.stats import false_discovery_control, wilcoxon
@@ -87,6 +87,14 @@ def _greater(differences: np.ndarray) -> float:
                           method="exact" if exact else "approx").pvalue)
 
 
+def rounds_needed(cases: int, alpha: float) -> int:
+    """The fewest rounds at which one case of ``cases`` can be flagged alone: its smallest one-sided p-value,
+    2^-n, must survive the session's adjustment over 2 × ``cases`` p-values (both directions) at ``alpha``."""
+    # One round more than the bare minimum: a tie between rounds moves the test to its normal approximation,
+    # whose smallest p-value is larger.
+    return max(2, math.floor(math.log2(2 * max(1, cases) / alpha)) + 2)
+
+
 def session_verdicts(cases: Mapping[str, Paired], rule: PairedRule) -> dict[str, PairedVerdict]:
     """Every case of one session, its p-values adjusted together so that the session holds ``rule.alpha``."""
     names = sorted(cases)
@@ -109,3 +117,65 @@ def session_verdicts(cases: Mapping[str, Paired], rule: PairedRule) -> dict[str,
                   f"(session alpha {rule.alpha:g})")
         out[name] = PairedVerdict(verdict, case.ratio, p, detail)
     return out
+
+
+# ---- the session's table: every A/B case, head against base ------------------------------------------------
+
+def round_medians(results: Sequence[Mapping[str, Any]]) -> list[float]:
+    """Each round's median steady step (seconds) of one side, from its results' ``step_seconds``."""
+    return [float(np.median(r["step_seconds"])) for r in results]
+
+
+def compare_sides(benchmarks: Sequence[Mapping[str, Any]], policy, rule: PairedRule, sides: Mapping[str, Any],
+                  injected: str | None = None):
+    """The gate's report for an A/B session: each case's head result against its base result, same rules.
+
+    ``benchmarks``: this session's benchmarks (``name`` and ``extra_info``), the A/B ones carrying
+    ``extra_info["ab"]`` (``fixtures.ab``): the base side's result and both sides' round medians. Step time
+    is judged on the paired rounds (``session_verdicts``: one false-alarm rate for the session); state
+    bytes, peak, loss curve and parity by the gate's own rules (``parabench.gate.judge_case``) with the base
+    as the baseline. A loss curve that differs where library versions differ is reported, not judged.
+    """
+    from dataclasses import replace
+
+    from parabench.gate import GateReport, Row, _across_versions, judge_case, version_changes
+    from parabench.keys import machine_key
+
+    report = GateReport(injected=injected, labels=("base", "head"), sides=dict(sides))
+    paired_cases, rows_of, across = {}, {}, {}
+    for bench in sorted(benchmarks, key=lambda b: b["name"]):
+        info = bench["extra_info"]
+        ab = info.get("ab")
+        if not ab or "case" not in info:
+            continue
+        name = bench["name"]
+        if ab.get("unknown"):
+            report.rows.append(Row(name, "all", Verdict.NEW, detail=f"head only: {ab['unknown']}", source="base"))
+            continue
+        base = ab["base"]
+        head = {k: v for k, v in info.items() if k != "ab"}
+        rules = policy.rules(info["case"]["id"], info.get("device", "cpu"))
+        rows = judge_case(name, [base], head, rules, source="base")[1:]  # the stored-baseline time row: not here
+        changed = version_changes(machine_key(base, ("versions",), policy.ignore_packages)["versions"],
+                                  machine_key(head, ("versions",), policy.ignore_packages)["versions"])
+        if changed:
+            across[name] = changed
+            rows = [_across_versions(row, changed) for row in rows]
+        rows_of[name] = rows
+        paired_cases[name] = paired(log_ratios(ab["head_medians"], ab["base_medians"]), rule.threshold)
+    verdicts = session_verdicts(paired_cases, rule)
+    for name, rows in rows_of.items():
+        info = next(b["extra_info"] for b in benchmarks if b["name"] == name)
+        verdict = verdicts[name]
+        base_ms, head_ms = (float(np.median(info["ab"][k])) * 1e3 for k in ("base_medians", "head_medians"))
+        time_row = Row(name, "step time (paired rounds)", verdict.verdict, f"{base_ms:.2f} ms", f"{head_ms:.2f} ms",
+                       verdict.ratio - 1, f"{verdict.detail}; order {info['ab']['order']}", "base")
+        if name in across:
+            time_row = replace(time_row, detail=f"{time_row.detail}; versions differ ({across[name]})")
+        report.rows += [time_row] + rows
+    for changed in sorted(set(across.values())):
+        count = sum(1 for c in across.values() if c == changed)
+        report.notes.append(f"library versions differ (base → head: {changed}) in {count} case(s); a loss curve that "
+                            "differs there is reported with its first differing step and max |Δ|, not judged "
+                            "(parity with the one-process reference is the correctness check)")
+    return report

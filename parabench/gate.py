@@ -43,6 +43,9 @@ class GateReport:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     injected: str | None = None
+    # What the two columns hold: a stored baseline and this run, or an A/B session's base and head sides.
+    labels: tuple[str, str] = ("baseline", "now")
+    sides: dict[str, Any] | None = None  # A/B: each side's interpreter, tree and versions (``parabench.ab``)
 
     @property
     def regressions(self) -> list[Row]:
@@ -103,17 +106,20 @@ class GateReport:
         shown = [r for r in self.rows if everything or r.verdict is not Verdict.INFO]
         return [[r.name, r.metric, r.baseline, r.now, _percent(r.change), r.verdict.value, r.detail] for r in shown]
 
-    HEADERS = ["case", "metric", "baseline", "now", "change", "verdict", "why"]
+    @property
+    def headers(self) -> list[str]:
+        return ["case", "metric", *self.labels, "change", "verdict", "why"]
 
     def table(self, everything: bool = False) -> str:
         from tabulate import tabulate
 
-        return tabulate(self.table_rows(everything), headers=self.HEADERS, tablefmt="simple", disable_numparse=True)
+        return tabulate(self.table_rows(everything), headers=self.headers, tablefmt="simple", disable_numparse=True)
 
     def to_json(self) -> str:
         return json.dumps({"format": REPORT_FORMAT, "summary": self.summary(), "regressed": bool(self.regressions),
                            "gated_cases": len(self.judged_cases()), "ungated": self.ungated(),
                            "injected": self.injected, "counts": self.counts(), "notes": self.notes,
+                           "columns": list(self.labels), **({"sides": self.sides} if self.sides else {}),
                            "rows": [{**asdict(r), "verdict": r.verdict.value} for r in self.rows]}, indent=2)
 
     def to_markdown(self) -> str:
@@ -122,16 +128,18 @@ class GateReport:
         lines = [f"## {self.summary()}", ""]
         if self.injected:
             lines += [f"**Perturbation injected on purpose (self-test): `{self.injected}`**", ""]
-        lines += [f"- {note}" for note in self.notes] + ([""] if self.notes else [])
+        for side, about in (self.sides or {}).items():
+            lines.append(f"- **{side}**: " + "; ".join(f"{k} {v}" for k, v in about.items() if k != "versions"))
+        lines += [f"- {note}" for note in self.notes] + ([""] if self.notes or self.sides else [])
         if self.ungated():
             lines += [f"**{self.ungated()}**", ""]
         if self.regressions:
             lines += ["### Regressions", "", tabulate([[r.name, r.metric, r.baseline, r.now, _percent(r.change),
                                                         r.detail] for r in self.regressions],
-                                                      headers=["case", "metric", "baseline", "now", "change", "why"],
+                                                      headers=["case", "metric", *self.labels, "change", "why"],
                                                       tablefmt="github", disable_numparse=True), ""]
         lines += ["<details><summary>Every case and metric</summary>", "",
-                  tabulate(self.table_rows(), headers=self.HEADERS, tablefmt="github", disable_numparse=True),
+                  tabulate(self.table_rows(), headers=self.headers, tablefmt="github", disable_numparse=True),
                   "", "</details>", ""]
         return "\n".join(lines)
 

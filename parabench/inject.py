@@ -49,9 +49,12 @@ def before_step(case: Case, rank: int, world_size: int, step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if fault == "grow":
         held = []
-        while True:  # memory without bound: only the controller's per-rank limit (or the OS) ends it
+        # Memory without bound: only the controller's per-rank limit (or the OS) ends it. About 1 GB/s, so that a
+        # controller that looks late on a loaded machine (it looks every 0.5 s) still finds it long before the
+        # machine runs out (at 5 GB/s the kernel's OOM killer got there first once, under pytest -n 2).
+        while True:
             held.append(torch.ones(GROWTH_BYTES // 4))
-            time.sleep(0.05)
+            time.sleep(0.25)
 
 
 @dataclass(frozen=True)

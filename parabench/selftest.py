@@ -6,6 +6,13 @@ Records the selected cases once into a private store, then runs the gate ``--run
 unchanged code and ``--runs`` times with ``--bench-inject=slowdown=F``, interleaved so that the
 machine's drift hits both alike, plus ``--exact-runs`` runs of each deterministic perturbation
 (memory growth, summed gradients, lr = 0). Prints how many runs (and case-runs) each flagged.
+
+    python -m parabench.selftest --ab --runs 20 --slowdown 0.15 -k "<cases>"
+
+A/B mode: ``--runs`` A/A sessions (``--bench-ab`` with this interpreter and tree on both sides) alternating with
+``--runs`` A/B sessions whose head side alone runs ``--bench-inject=slowdown=F``. Each session is judged on its own
+rounds. Prints, per session, the cases flagged and their paired ratios; at the end, how many A/A sessions raised
+any alarm and in how many A/B sessions each case was flagged.
 """
 
 from __future__ import annotations
@@ -38,13 +45,77 @@ def flagged(rows: list[dict], metrics: tuple[str, ...]) -> set[str]:
     return {r["name"] for r in rows if r["verdict"] == "regressed" and r["metric"].split(" (")[0] in metrics}
 
 
+AB_SELECTION = ("(torch-ddp-adamw-gpt2_text-w2-fp32 or torch-fsdp-adamw-gpt2_text-w2-fp32 or "
+                "deepspeed-zero3-adamw-gpt2_text-w2-fp32) and not (colossalai or ga2 or offload or ckpt or hpz2)")
+
+
+def ab_session(work: Path, label: str, selection: str, *extra: str) -> tuple[dict, float]:
+    """One A/B session against this interpreter and tree: its gate.json and wall seconds."""
+    import time
+
+    report = work / label
+    report.mkdir(parents=True)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "pytest", "bench/", "-q", "-p", "no:cacheprovider", "-k", selection,
+                           f"--bench-ab={sys.executable}", f"--bench-report={report}",
+                           f"--benchmark-json={report / 'benchmarks.json'}", *extra],
+                          cwd=REPO, capture_output=True, text=True)
+    wall = time.monotonic() - started
+    path = report / "gate.json"
+    if not path.exists():
+        raise RuntimeError(f"A/B session {label} wrote no gate.json (exit {done.returncode}):\n{done.stdout[-3000:]}"
+                           f"\n{done.stderr[-2000:]}")
+    return json.loads(path.read_text()), wall
+
+
+def main_ab(args) -> int:
+    work = Path(tempfile.mkdtemp(prefix="parabench-selftest-ab-"))
+    selection = args.selection if args.selection != DEFAULT_SELECTION else AB_SELECTION
+    extra = [f"--bench-steps={args.steps}"] if args.steps else []
+    if args.rounds:
+        extra.append(f"--bench-ab-rounds={args.rounds}")
+    slowed = f"slowdown={args.slowdown:g}"
+    false_alarms, any_metric, caught, walls = 0, 0, Counter(), []
+    cases: set[str] = set()
+    rounds = set()
+    for run in range(args.runs):
+        for label, more in (("A/A", ()), ("A/B", (f"--bench-inject={slowed}", "--bench-ab-verdict=report"))):
+            report, wall = ab_session(work, f"{label.replace('/', '')}-{run}", selection, *extra, *more)
+            walls.append(wall)
+            times = [r for r in report["rows"] if r["metric"].startswith("step time")]
+            names = {r["name"] for r in times}
+            cases |= names
+            rounds |= {r["detail"].split(" over ")[1].split(" paired")[0] for r in times}
+            hit = {r["name"] for r in times if r["verdict"] == "regressed"}
+            ratios = ", ".join(f"{r['name'].split('[')[1].split('-adamw')[0]} {r['change']:+.1%}" for r in times)
+            if label == "A/A":
+                false_alarms += bool(hit)
+                any_metric += bool(report["regressed"])
+            else:
+                caught.update(hit)
+            print(f"session {run + 1:2d} {label}: {len(hit)}/{len(names)} flagged ({ratios}); {wall:.0f} s", flush=True)
+    print(f"\n{len(cases)} cases ({selection!r}); rounds per case: {', '.join(sorted(rounds))}; "
+          f"one session {min(walls):.0f}–{max(walls):.0f} s (median {sorted(walls)[len(walls) // 2]:.0f} s); "
+          f"results under {work}")
+    print(f"A/A: {false_alarms}/{args.runs} sessions with a step-time alarm ({any_metric}/{args.runs} with any "
+          f"regressed metric)")
+    for name in sorted(cases):
+        print(f"A/B {slowed} on head: {name} flagged in {caught[name]}/{args.runs} sessions")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--slowdown", type=float, default=0.15)
     parser.add_argument("--exact-runs", type=int, default=3, help="runs of each deterministic perturbation")
     parser.add_argument("-k", dest="selection", default=DEFAULT_SELECTION)
+    parser.add_argument("--ab", action="store_true", help="A/A and A/B sessions (--bench-ab) instead of the gate's")
+    parser.add_argument("--steps", type=int, default=None, help="A/B: --bench-steps of each session")
+    parser.add_argument("--rounds", type=int, default=None, help="A/B: --bench-ab-rounds (default: the policy's)")
     args = parser.parse_args(argv)
+    if args.ab:
+        return main_ab(args)
     work = Path(tempfile.mkdtemp(prefix="parabench-selftest-"))
     storage = work / "baselines"
     recorded = pytest_session(storage, args.selection, "--bench-record")

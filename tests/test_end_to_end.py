@@ -113,8 +113,8 @@ def test_failing_cases_fail_with_the_rank_story_and_the_session_goes_on(tmp_path
     out = result.stdout
     assert result.returncode == 1, outcome(result)
     assert "4 failed, 1 passed" in out, outcome(result)
-    assert "rank 1 was killed by SIGKILL" in out
-    assert "rank 1 was killed: its resident memory reached" in out and "limit of 2.00 GiB" in out
+    assert "rank 1 was killed by SIGKILL" in out, outcome(result)
+    assert "rank 1 was killed: its resident memory reached" in out and "limit of 2.00 GiB" in out, outcome(result)
     assert "rank 1 raised InjectedFault: injected failure on rank 1 at step 1" in out
     assert "parabench/inject.py" in out  # the rank's traceback
     assert "timed out after" in out and "rank 1 still running after 15 s" in out

@@ -190,7 +190,7 @@ def _comparison(doc: Document, run: ReportRun, base: ReportRun, policy, source: 
     if points:
         doc.figure("comparison", "baseline vs now: change in time and memory per case",
                    lambda path: figures.comparison(path, points, source, run.environment() + base.environment()))
-    gate_rows = Table("gate_rows", "every case and metric as the gate judged it", list(report.HEADERS),
+    gate_rows = Table("gate_rows", "every case and metric as the gate judged it", list(report.headers),
                       [list(row) for row in report.table_rows(everything=True)])
     doc.lines += ["<details><summary>every case and metric as the gate judged it</summary>", ""]
     doc.table(gate_rows)

@@ -1,0 +1,157 @@
+"""The base side of an A/B session: a process of the base environment, in the base tree, that runs cases.
+
+Started by ``parabench.ab_side.BaseSide`` as ``BASE_PYTHON -c <bootstrap>`` with the base tree first on
+``sys.path`` and as the working directory, so that ``import parabench`` — and every rank it forks — loads the
+base's code with the base's packages. This file is executed there as a script: it uses only the standard
+library and the long-standing parts of the base's ``parabench`` (``Case``, ``PoolManager``, ``train.run_case``,
+``env``, ``matrix``), so a base revision older than the A/B support still runs.
+
+The protocol is one JSON object per line on two inherited file descriptors (the process's stdout and stderr
+carry the frameworks' logs, never a message):
+
+    ready   ← {"python", "executable", "tree", "parabench", "versions", "hardware"} or {"error"}
+    check   → {"cases": [case dicts]}            ← {"problems": {id: why}, "unknown": {id: why}}
+    run     → {"case", "perturbation", "timeout_s"} ← {"result"} | {"skip"} | {"failure"}
+    close   → {}                                 (the server closes its pools and exits)
+"""
+
+import json
+import os
+import sys
+import time
+import traceback
+
+
+def _answer(out, message) -> None:
+    out.write(json.dumps(message) + "\n")
+    out.flush()
+
+
+def _case(data):
+    from parabench.case import Case
+
+    fields = dict(data)
+    wanted = fields.pop("id", None)
+    case = Case(**fields)
+    if wanted is not None and case.id != wanted:
+        raise ValueError(f"the base renders this case as {case.id!r}, not {wanted!r}")
+    return case
+
+
+def _unknown(case) -> str | None:
+    """Why the base tree does not know ``case`` (a strategy, optimizer or workload added since), or None."""
+    from parabench.optimizers import OPTIMIZERS
+    from parabench.strategies import STRATEGIES
+    from parabench.workloads import WORKLOADS
+
+    for kind, registry, name in (("strategy", STRATEGIES, case.strategy), ("optimizer", OPTIMIZERS, case.optimizer),
+                                 ("workload", WORKLOADS, case.workload)):
+        try:
+            registry.get(name)
+        except (KeyError, ValueError, LookupError):
+            return f"the base has no {kind} {name!r}"
+    return None
+
+
+def _missing_packages(case) -> list[str]:
+    import importlib.util
+
+    from parabench.matrix import case_packages
+
+    missing = []
+    for name in case_packages(case):  # import names (sklearn, not scikit-learn)
+        try:
+            if importlib.util.find_spec(name) is None:
+                missing.append(name)
+        except (ImportError, ValueError):
+            missing.append(name)
+    return missing
+
+
+def serve(requests, out, device: str, backend: str, threads: int, pin: bool, memory_limit_bytes) -> None:
+    from parabench.env import hardware, versions
+    from parabench.matrix import case_packages
+    from parabench.pool import PoolManager, RankFailure, RankSkip
+    from parabench.strategies import STRATEGIES
+    from parabench.train import run_case
+
+    manager = PoolManager(device_type=device, backend=backend, threads=threads, pin=pin,
+                          memory_limit_bytes=memory_limit_bytes)
+    try:
+        for line in requests:
+            request = json.loads(line)
+            op = request["op"]
+            if op == "close":
+                break
+            if op == "check":
+                problems, unknown = {}, {}
+                for data in request["cases"]:
+                    try:
+                        case = _case(data)
+                    except (TypeError, ValueError) as error:
+                        unknown[data["id"]] = str(error)
+                        continue
+                    why = _unknown(case)
+                    if why:
+                        unknown[data["id"]] = why
+                        continue
+                    missing = _missing_packages(case)
+                    if missing:
+                        problems[data["id"]] = f"needs {', '.join(missing)}, not installed on the base side"
+                _answer(out, {"problems": problems, "unknown": unknown})
+            elif op == "run":
+                case = _case(request["case"])
+                perturbation = None
+                if request.get("perturbation"):
+                    from parabench.inject import Perturbation
+
+                    perturbation = Perturbation.parse(request["perturbation"])
+                pool = manager.get(case.world_size, STRATEGIES.get(case.strategy).family)
+                started = time.perf_counter()
+                try:
+                    ranks = pool.run(run_case, case, perturbation, None, timeout_s=request["timeout_s"])
+                except RankSkip as skip:
+                    _answer(out, {"skip": str(skip)})
+                    continue
+                except RankFailure as failure:
+                    _answer(out, {"failure": str(failure)})
+                    continue
+                wall = time.perf_counter() - started
+                from dataclasses import asdict
+
+                environment = {"world_size": case.world_size, "device": device, "backend": backend,
+                               "threads_per_rank": threads, "pinned": manager.pinned(case.world_size),
+                               "versions": versions(case_packages(case)), "hardware": hardware(device),
+                               "injected": str(perturbation) if perturbation else None}
+                _answer(out, {"result": {"case": case.to_dict(), "ranks": [asdict(r) for r in ranks],
+                                         "environment": environment, "wall_seconds": wall}})
+            else:
+                _answer(out, {"error": f"unknown request {op!r}"})
+    finally:
+        manager.close()
+
+
+def main(requests_fd: int, answers_fd: int, settings: dict) -> None:
+    out = os.fdopen(answers_fd, "w")
+    requests = os.fdopen(requests_fd, "r")
+    try:
+        import parabench
+        from parabench.env import hardware, versions
+        from parabench.pool import PoolManager  # noqa: F401  (fails early on a tree without it)
+        from parabench.train import run_case  # noqa: F401
+
+        tree = os.path.realpath(settings["tree"])
+        found = os.path.realpath(os.path.dirname(os.path.dirname(parabench.__file__)))
+        if found != tree:
+            raise RuntimeError(f"the base interpreter imports parabench from {found}, not from the base tree {tree}")
+        _answer(out, {"python": sys.version.split()[0], "executable": sys.executable, "tree": tree,
+                      "parabench": parabench.__file__, "versions": versions(), "hardware": hardware(settings["device"])})
+    except BaseException as error:  # the head side turns this into a usage error naming the fix
+        _answer(out, {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
+        return
+    serve(requests, out, settings["device"], settings["backend"], settings["threads"], settings["pin"],
+          settings.get("memory_limit_bytes"))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3]))
