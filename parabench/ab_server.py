@@ -69,66 +69,73 @@ def _missing_packages(case) -> list[str]:
 
 
 def serve(requests, out, device: str, backend: str, threads: int, pin: bool, memory_limit_bytes) -> None:
-    from parabench.env import hardware, versions
-    from parabench.matrix import case_packages
-    from parabench.pool import PoolManager, RankFailure, RankSkip
-    from parabench.strategies import STRATEGIES
-    from parabench.train import run_case
+    from parabench.pool import PoolManager
 
     manager = PoolManager(device_type=device, backend=backend, threads=threads, pin=pin,
                           memory_limit_bytes=memory_limit_bytes)
     try:
         for line in requests:
             request = json.loads(line)
-            op = request["op"]
-            if op == "close":
+            if request["op"] == "close":
                 break
-            if op == "check":
-                problems, unknown = {}, {}
-                for data in request["cases"]:
-                    try:
-                        case = _case(data)
-                    except (TypeError, ValueError) as error:
-                        unknown[data["id"]] = str(error)
-                        continue
-                    why = _unknown(case)
-                    if why:
-                        unknown[data["id"]] = why
-                        continue
-                    missing = _missing_packages(case)
-                    if missing:
-                        problems[data["id"]] = f"needs {', '.join(missing)}, not installed on the base side"
-                _answer(out, {"problems": problems, "unknown": unknown})
-            elif op == "run":
-                case = _case(request["case"])
-                perturbation = None
-                if request.get("perturbation"):
-                    from parabench.inject import Perturbation
-
-                    perturbation = Perturbation.parse(request["perturbation"])
-                pool = manager.get(case.world_size, STRATEGIES.get(case.strategy).family)
-                started = time.perf_counter()
-                try:
-                    ranks = pool.run(run_case, case, perturbation, None, timeout_s=request["timeout_s"])
-                except RankSkip as skip:
-                    _answer(out, {"skip": str(skip)})
-                    continue
-                except RankFailure as failure:
-                    _answer(out, {"failure": str(failure)})
-                    continue
-                wall = time.perf_counter() - started
-                from dataclasses import asdict
-
-                environment = {"world_size": case.world_size, "device": device, "backend": backend,
-                               "threads_per_rank": threads, "pinned": manager.pinned(case.world_size),
-                               "versions": versions(case_packages(case)), "hardware": hardware(device),
-                               "injected": str(perturbation) if perturbation else None}
-                _answer(out, {"result": {"case": case.to_dict(), "ranks": [asdict(r) for r in ranks],
-                                         "environment": environment, "wall_seconds": wall}})
-            else:
-                _answer(out, {"error": f"unknown request {op!r}"})
+            try:
+                _answer(out, handle(request, manager, device, backend, threads))
+            except Exception as error:  # the request fails, the server goes on (a broken pool is rebuilt)
+                _answer(out, {"failure": f"the base side's server raised {type(error).__name__}: {error}\n"
+                                         f"{traceback.format_exc()}"})
     finally:
         manager.close()
+
+
+def handle(request: dict, manager, device: str, backend: str, threads: int) -> dict:
+    """One request's answer (see the module's docstring)."""
+    from dataclasses import asdict
+
+    from parabench.env import hardware, versions
+    from parabench.matrix import case_packages
+    from parabench.pool import RankFailure, RankSkip
+    from parabench.strategies import STRATEGIES
+    from parabench.train import run_case
+
+    op = request["op"]
+    if op == "check":
+        problems, unknown = {}, {}
+        for data in request["cases"]:
+            try:
+                case = _case(data)
+            except (TypeError, ValueError) as error:
+                unknown[data["id"]] = str(error)
+                continue
+            why = _unknown(case)
+            if why:
+                unknown[data["id"]] = why
+                continue
+            missing = _missing_packages(case)
+            if missing:
+                problems[data["id"]] = f"needs {', '.join(missing)}, not installed on the base side"
+        return {"problems": problems, "unknown": unknown}
+    if op != "run":
+        return {"error": f"unknown request {op!r}"}
+    case = _case(request["case"])
+    perturbation = None
+    if request.get("perturbation"):
+        from parabench.inject import Perturbation
+
+        perturbation = Perturbation.parse(request["perturbation"])
+    pool = manager.get(case.world_size, STRATEGIES.get(case.strategy).family)
+    started = time.perf_counter()
+    try:
+        ranks = pool.run(run_case, case, perturbation, None, timeout_s=request["timeout_s"])
+    except RankSkip as skip:
+        return {"skip": str(skip)}
+    except RankFailure as failure:
+        return {"failure": str(failure)}
+    wall = time.perf_counter() - started
+    environment = {"world_size": case.world_size, "device": device, "backend": backend, "threads_per_rank": threads,
+                   "pinned": manager.pinned(case.world_size), "versions": versions(case_packages(case)),
+                   "hardware": hardware(device), "injected": str(perturbation) if perturbation else None}
+    return {"result": {"case": case.to_dict(), "ranks": [asdict(r) for r in ranks], "environment": environment,
+                       "wall_seconds": wall}}
 
 
 def main(requests_fd: int, answers_fd: int, settings: dict) -> None:
@@ -140,12 +147,17 @@ def main(requests_fd: int, answers_fd: int, settings: dict) -> None:
         from parabench.pool import PoolManager  # noqa: F401  (fails early on a tree without it)
         from parabench.train import run_case  # noqa: F401
 
+        # What every rank of this side imports (its pools' fork server preloads it): a framework that does not
+        # import in this environment is a usage error now, not a failure of the first case.
+        import parabench.rank_imports  # noqa: F401
+
         tree = os.path.realpath(settings["tree"])
         found = os.path.realpath(os.path.dirname(os.path.dirname(parabench.__file__)))
         if found != tree:
             raise RuntimeError(f"the base interpreter imports parabench from {found}, not from the base tree {tree}")
         _answer(out, {"python": sys.version.split()[0], "executable": sys.executable, "tree": tree,
-                      "parabench": parabench.__file__, "versions": versions(), "hardware": hardware(settings["device"])})
+                      "parabench": parabench.__file__, "versions": versions(tuple(settings.get("packages", ()))),
+                      "hardware": hardware(settings["device"])})
     except BaseException as error:  # the head side turns this into a usage error naming the fix
         _answer(out, {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
         return

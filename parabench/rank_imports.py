@@ -23,7 +23,15 @@ from parabench.worker import quiet_libraries  # noqa: E402
 
 quiet_libraries()  # before transformers reads its logging variables
 
+import importlib.util  # noqa: E402
+
 import torch  # noqa: E402,F401
+
+if importlib.util.find_spec("deepspeed") is not None:
+    # Before transformers, which imports DeepSpeed from its modeling_utils: DeepSpeed 0.19.7 imports transformers'
+    # OPT model at its own import, which then finds modeling_utils half-initialised (a circular ImportError with
+    # transformers 4.51). Imported first, both load; with 0.19.8 this only moves an import transformers does anyway.
+    import deepspeed  # noqa: E402,F401
 import torch._dynamo  # noqa: E402,F401
 import torch.distributed  # noqa: E402,F401
 import torch.nn.parallel  # noqa: E402,F401
