@@ -11,7 +11,7 @@ carry the frameworks' logs, never a message):
 
     ready   ← {"python", "executable", "tree", "parabench", "versions", "hardware"} or {"error"}
     check   → {"cases": [case dicts]}            ← {"problems": {id: why}, "unknown": {id: why}}
-    run     → {"case", "perturbation", "timeout_s"} ← {"result"} | {"skip"} | {"failure"}
+    run     → {"case", "perturbation", "timeout_s", "memory", "fresh"} ← {"result"} | {"skip"} | {"failure"}
     close   → {}                                 (the server closes its pools and exits)
 """
 
@@ -124,13 +124,20 @@ def handle(request: dict, manager, device: str, backend: str, threads: int) -> d
         perturbation = Perturbation.parse(request["perturbation"])
     pool = manager.get(case.world_size, STRATEGIES.get(case.strategy).family)
     started = time.perf_counter()
+    import inspect
+
+    # A timing-only run where the base's run_case can leave the peak out (older trees measure it always).
+    light = not request.get("memory", True) and "memory" in inspect.signature(run_case).parameters
     try:
-        ranks = pool.run(run_case, case, perturbation, None, timeout_s=request["timeout_s"])
+        ranks = pool.run(run_case, case, perturbation, None, *((False,) if light else ()),
+                         timeout_s=request["timeout_s"])
     except RankSkip as skip:
         return {"skip": str(skip)}
     except RankFailure as failure:
         return {"failure": str(failure)}
     wall = time.perf_counter() - started
+    if request.get("fresh"):
+        pool.close()  # the next run forks new ranks (the manager replaces a closed pool)
     environment = {"world_size": case.world_size, "device": device, "backend": backend, "threads_per_rank": threads,
                    "pinned": manager.pinned(case.world_size), "versions": versions(case_packages(case)),
                    "hardware": hardware(device), "injected": str(perturbation) if perturbation else None}

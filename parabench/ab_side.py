@@ -192,9 +192,10 @@ class BaseSide:
     def check(self, cases: list[dict]) -> dict:
         return self.request({"op": "check", "cases": cases}, timeout_s=120.0)
 
-    def run(self, case: dict, perturbation: str | None, timeout_s: float) -> dict:
-        return self.request({"op": "run", "case": case, "perturbation": perturbation, "timeout_s": timeout_s},
-                            timeout_s=timeout_s + POOL_START_S)
+    def run(self, case: dict, perturbation: str | None, timeout_s: float, memory: bool = True,
+            fresh: bool = False) -> dict:
+        return self.request({"op": "run", "case": case, "perturbation": perturbation, "timeout_s": timeout_s,
+                             "memory": memory, "fresh": fresh}, timeout_s=timeout_s + POOL_START_S)
 
     def close(self) -> None:
         if self.process.poll() is None:

@@ -309,6 +309,12 @@ class PoolManager:
         self.pools[key] = pool
         return pool
 
+    def retire(self, world_size: int, family: str = "") -> None:
+        """Close that pool now (if open); the next ``get`` forks fresh ranks, with a fresh memory layout."""
+        pool = self.pools.pop((world_size, family), None)
+        if pool is not None:
+            pool.close()
+
     def run(self, world_size: int, function: Callable[..., Any], *args: Any, timeout_s: float,
             on_wait: ProgressCallback | None = None) -> list[Any]:
         return self.get(world_size).run(function, *args, timeout_s=timeout_s, on_wait=on_wait)

@@ -56,11 +56,14 @@ def build(context: RankContext, case: Case,
 
 
 def run_case(context: RankContext, case: Case, perturbation: Perturbation | None = None,
-             trace: TraceRequest | None = None) -> RankResult:
+             trace: TraceRequest | None = None, memory: bool = True) -> RankResult:
     """Train ``case`` on this rank and measure it. Collective: every rank of the pool calls it.
 
     ``perturbation`` (self-test only) makes the case slower, bigger or wrong on purpose. ``trace``: after
     every measurement, profile that many more steps and write this rank's Chrome trace (``--profile``).
+    ``memory=False``: a run for its step times only (an A/B session's later rounds): on CPU the two profiled
+    steps that measure the peak are left out (``peak_allocated_bytes`` None), which makes a gpt2-text run
+    about a third shorter.
     """
     calibration = calibration_seconds(context.device)  # the machine's speed right now, on these ranks
     started = time.perf_counter()
@@ -98,6 +101,8 @@ def run_case(context: RankContext, case: Case, perturbation: Perturbation | None
         if cuda:
             peak = torch.cuda.max_memory_allocated(context.device)
             reserved = torch.cuda.max_memory_reserved(context.device)
+        elif not memory:
+            peak = reserved = None
         else:
             # Two more steps, profiled and untimed; their losses are not part of the curve. The first
             # profiled step of a case peaked up to 9 % higher than every later one; the second is steady.
@@ -121,8 +126,8 @@ def run_case(context: RankContext, case: Case, perturbation: Perturbation | None
             record_trace(trace, context.rank, context.device, lambda i: strategy.train_step(traced[i], workload.loss))
         return result
     finally:
-        # Dropping the references frees most of it; the worker runs the (slow, ~0.25 s) cycle
-        # collection after answering, while the controller records the result.
+        # Dropping the references frees most of it; the worker runs the (slow, ~0.25 s) cycle collection
+        # before it answers, so that it never overlaps the next task of another pool (parabench.worker.serve).
         held.clear()
         strategy.teardown()
 
