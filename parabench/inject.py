@@ -48,13 +48,17 @@ def before_step(case: Case, rank: int, world_size: int, step: int) -> None:
     if fault == "die":
         os.kill(os.getpid(), signal.SIGKILL)
     if fault == "grow":
+        import psutil
+
         held = []
-        # Memory without bound: only the controller's per-rank limit (or the OS) ends it. About 1 GB/s, so that a
-        # controller that looks late on a loaded machine (it looks every 0.5 s) still finds it long before the
-        # machine runs out (at 5 GB/s the kernel's OOM killer got there first once, under pytest -n 2).
-        while True:
+        # Memory until the controller's per-rank limit ends it, never past half of the machine's memory (then it
+        # waits for the case's time-out): the kernel's OOM killer must not get there first when the controller,
+        # which looks every 0.5 s, looks late on a loaded machine (once, under pytest -n 2, at 5 GB/s).
+        cap = psutil.virtual_memory().total // 2
+        while len(held) * GROWTH_BYTES < cap:
             held.append(torch.ones(GROWTH_BYTES // 4))
-            time.sleep(0.25)
+            time.sleep(0.05)
+        time.sleep(10**6)
 
 
 @dataclass(frozen=True)

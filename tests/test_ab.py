@@ -139,4 +139,7 @@ def test_an_ab_session_runs_both_sides_in_rounds_and_judges_them(tmp_path):
     # Head is the session's benchmark as usual; base's result is kept beside it.
     stored = json.loads((tmp_path / "run.json").read_text())["benchmarks"][0]["extra_info"]
     assert len(stored["ab"]["head_medians"]) == len(stored["ab"]["base_medians"]) == 2
+    assert stored["ab"]["order"] == "AB BA"  # base first, then head first: ABBA
+    # Round 1 measures everything; later rounds are for step times only.
+    assert stored["peak_allocated_bytes"][0] is not None and len(stored["ab"]["head_steps"][1]) == 20
     assert stored["ab"]["base"]["loss"] == stored["loss"] and "parity" in stored["ab"]["base"]
