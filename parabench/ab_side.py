@@ -129,14 +129,18 @@ class Worktree:
 
 
 class BaseSideFailure(RuntimeError):
-    """The base's server died or broke its protocol; the message holds the tail of its log."""
+    """A side's server died or broke its protocol; the message holds the tail of its log."""
 
 
 class BaseSide:
-    """The base's server process and the pipes to it (one request at a time)."""
+    """One side's server process and the pipes to it (one request at a time).
 
-    def __init__(self, spec: BaseSpec, tree: Path, settings: dict[str, Any], log_path: Path) -> None:
-        self.spec, self.tree, self.log_path = spec, tree, log_path
+    Both sides of a session run through one of these (``name`` "base" or "head"): the same bootstrap, the same
+    server, the same kind of fork server for the ranks, so that the sides differ only in what BASE changes."""
+
+    def __init__(self, spec: BaseSpec, tree: Path, settings: dict[str, Any], log_path: Path,
+                 name: str = "base") -> None:
+        self.spec, self.tree, self.log_path, self.name = spec, tree, log_path, name
         requests_r, self._requests = os.pipe()
         self._answers, answers_w = os.pipe()
         bootstrap = ("import runpy, sys; sys.path.insert(0, sys.argv[1]); sys.argv = sys.argv[1:]; "
@@ -156,7 +160,7 @@ class BaseSide:
         ready = self._receive(START_TIMEOUT_S, "start")
         if "error" in ready:
             self.close()
-            raise BaseError(f"the base side ({spec.describe()}) could not start: {ready['error']}; "
+            raise BaseError(f"the {name} side ({spec.describe()}) could not start: {ready['error']}; "
                             f"its log: {log_path}")
         self.ready = ready
 
@@ -170,14 +174,14 @@ class BaseSide:
             if alive and not ready:
                 self.process.kill()
             raise BaseSideFailure(
-                f"the base side's server {'timed out' if alive and not ready else 'died'} during {what} "
+                f"the {self.name} side's server {'timed out' if alive and not ready else 'died'} during {what} "
                 f"(exit code {self.process.poll()}); the last lines of its log {self.log_path}:\n{self.log_tail()}")
         return json.loads(line)
 
     def request(self, message: dict, timeout_s: float) -> dict:
         with self._lock:
             if self.process.poll() is not None:
-                raise BaseSideFailure(f"the base side's server has exited (code {self.process.returncode}); "
+                raise BaseSideFailure(f"the {self.name} side's server has exited (code {self.process.returncode}); "
                                       f"its log: {self.log_path}:\n{self.log_tail()}")
             self._writer.write(json.dumps(message) + "\n")
             self._writer.flush()
