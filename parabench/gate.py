@@ -16,7 +16,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from parabench.baselines import RECORD_HINT, StoredRun, newest_by_name
 from parabench.keys import hardware_name, key_differences, machine_key
 from parabench.policy import Policy, Rules
-from parabench.verdict import Judgement, Verdict, judge_bytes_range, judge_curve, judge_parity, judge_time
+from parabench.verdict import (Judgement, Verdict, judge_bytes_range, judge_comm, judge_curve, judge_flops, judge_parity,
+                               judge_time)
 
 REPORT_FORMAT = 1
 
@@ -249,9 +250,30 @@ def judge_case(name: str, baselines: Sequence[Mapping[str, Any]], now: Mapping[s
             detail = f"{worst.detail}; worst of {len(judgements)} ranks: rank {rank}"
             rows.append(Row.of(name, metric, Judgement(worst.verdict, worst.baseline, worst.now, worst.change,
                                                        detail), source))
+    rows += _cost_rows(name, baseline, now, rules, source)
     rows.append(Row.of(name, "loss curve", judge_curve(baseline["loss"], now["loss"], rules.loss), source))
     if "parity" in now:
         rows.append(Row.of(name, "parity", judge_parity(baseline.get("parity"), now["parity"]), source))
+    return rows
+
+
+def _cost_rows(name: str, baseline: Mapping[str, Any], now: Mapping[str, Any], rules: Rules,
+               source: str) -> list[Row]:
+    """One step's collectives and FLOPs per rank against the newest stored run's (where both counted them)."""
+    from parabench.policy import COST_METRICS
+    from parabench.verdict import BytesRule
+
+    cost = rules.cost or {metric: BytesRule() for metric in COST_METRICS}
+    rows = []
+    for metric, judge in (("comm", judge_comm), ("flops", judge_flops)):
+        before, after = baseline.get(metric), now.get(metric)
+        if not before or not after or len(before) != len(after) or None in before or None in after:
+            continue
+        judgements = [judge(b, a, cost[metric]) for b, a in zip(before, after)]
+        rank, worst = max(enumerate(judgements), key=lambda item: _severity(item[1]))
+        rows.append(Row.of(name, "comm bus bytes" if metric == "comm" else "flops",
+                           replace(worst, detail=f"{worst.detail}; worst of {len(judgements)} ranks: rank {rank}"),
+                           source))
     return rows
 
 

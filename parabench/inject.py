@@ -8,8 +8,9 @@ Two kinds, kept apart:
 * A **perturbation** (``--bench-inject``, self-test only) changes what a case measures without changing
   its id, so the gate compares it with the case's stored baseline and must flag it:
   ``slowdown=F`` (each measured step takes ``1+F`` times as long), ``memory=F`` (state bytes and the
-  peak allocation grow by ``F``), ``grads-summed`` (gradients summed over replicas, not averaged) and
-  ``lr0`` (learning rate 0). A perturbed run is marked in its results and is never recorded as a baseline.
+  peak allocation grow by ``F``), ``comm=N`` (one more all-reduce of N float32 zeros over all ranks after every
+  step: the numerics stay, the step's collectives change), ``grads-summed`` (gradients summed over replicas, not
+  averaged) and ``lr0`` (learning rate 0). A perturbed run is marked in its results and is never recorded as a baseline.
 """
 
 from __future__ import annotations
@@ -68,13 +69,14 @@ class Perturbation:
     kind: str
     amount: float = 0.0
 
-    KINDS = {"slowdown": True, "memory": True, "grads-summed": False, "lr0": False}  # kind → takes an amount
+    KINDS = {"slowdown": True, "memory": True, "comm": True, "grads-summed": False, "lr0": False}  # → takes an amount
 
     @classmethod
     def parse(cls, text: str) -> "Perturbation":
-        """``slowdown=0.15``, ``memory=0.01``, ``grads-summed`` or ``lr0``."""
+        """``slowdown=0.15``, ``memory=0.01``, ``comm=1024``, ``grads-summed`` or ``lr0``."""
         kind, _, amount = text.partition("=")
-        usage = "use slowdown=F, memory=F (F a fraction, e.g. 0.15), grads-summed or lr0"
+        usage = ("use slowdown=F, memory=F (F a fraction, e.g. 0.15), comm=N (N float32 elements, a whole number), "
+                 "grads-summed or lr0")
         if kind not in cls.KINDS:
             raise ValueError(f"unknown perturbation {text!r}; {usage}")
         if cls.KINDS[kind] != bool(amount):
@@ -86,6 +88,8 @@ class Perturbation:
             value = -1.0
         if cls.KINDS[kind] and not value > 0:
             raise ValueError(f"perturbation {text!r}: the amount must be a positive fraction; {usage}")
+        if kind == "comm" and value != int(value):
+            raise ValueError(f"perturbation {text!r}: the amount is a count of elements; {usage}")
         return cls(kind, value)
 
     def __str__(self) -> str:
@@ -123,6 +127,19 @@ class Perturbation:
             time.sleep(self.amount * (time.perf_counter() - start))
             return out
         return slower
+
+    def communicating(self, step: Callable[[], object]) -> Callable[[], object]:
+        """``step``, followed by one more all-reduce over all ranks (comm=N); else ``step`` itself."""
+        if self.kind != "comm":
+            return step
+        import torch.distributed as dist
+
+        def more() -> object:
+            out = step()
+            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+            dist.all_reduce(torch.zeros(int(self.amount), device=device))
+            return out
+        return more
 
     @property
     def grows_memory(self) -> bool:

@@ -23,8 +23,9 @@ POLICY_FORMAT = 1
 DEVICES = ("cpu", "cuda")
 BASES = ("absolute", "normalized")
 MEMORY_METRICS = ("state_bytes", "peak_allocated_bytes", "cuda_max_reserved_bytes", "rss_bytes")
+COST_METRICS = ("comm", "flops")  # one step's collectives and matmul FLOPs (parabench/costs.py)
 RULE_FIELDS = {"time": {"basis", "history", "spread_factor", "threshold", "alpha", "min_samples"},
-               "memory": set(MEMORY_METRICS), "loss": set(DEVICES)}
+               "memory": set(MEMORY_METRICS), "cost": set(COST_METRICS), "loss": set(DEVICES)}
 AB_FIELDS = {"threshold", "alpha", "rounds"}  # the paired same-session verdict (parabench/ab.py)
 
 
@@ -42,6 +43,7 @@ class Rules:
     time_spread_factor: float  # the threshold is at least this × the spread of those runs' medians
     memory: dict[str, BytesRule]
     loss: CurveRule
+    cost: dict[str, BytesRule] | None = None  # comm, flops: exact unless the policy says otherwise
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ def load_policy(path: str | Path) -> Policy:
         raise PolicyError(f"{path}: no policy file; the gate needs one (see baselines/README.md)") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise PolicyError(f"{path}: not valid TOML ({error}); fix it or restore it from git") from None
-    _check_keys(path, "", raw, {"format", "key", "time", "memory", "loss", "override", "ab"})
+    _check_keys(path, "", raw, {"format", "key", "time", "memory", "cost", "loss", "override", "ab"})
     ab = raw.get("ab", {})
     _check_keys(path, "ab.", ab, AB_FIELDS)
     _check_values(path, "ab", ab, SCHEMA["ab"])
@@ -182,6 +184,9 @@ def _check_sections(path: Path, where: str, sections: dict[str, Any]) -> None:
     for metric, rule in sections.get("memory", {}).items():
         _check_keys(path, f"{prefix}memory.{metric}.", rule, {"rtol", "atol", "informational"})
         _check_values(path, f"{prefix}memory.{metric}", rule, SCHEMA["memory"])
+    for metric, rule in sections.get("cost", {}).items():
+        _check_keys(path, f"{prefix}cost.{metric}.", rule, {"rtol", "atol", "informational"})
+        _check_values(path, f"{prefix}cost.{metric}", rule, SCHEMA["memory"])
     for device, rule in sections.get("loss", {}).items():
         _check_keys(path, f"{prefix}loss.{device}.", rule, {"exact", "atol", "rtol"})
         _check_values(path, f"{prefix}loss.{device}", rule, SCHEMA["loss"])
@@ -222,8 +227,9 @@ def _build(table: dict[str, Any], device: str, path: str) -> Rules:
             rule = table["memory"].get(metric, {})
             _check_keys(Path(path), f"memory.{metric}.", rule, {"rtol", "atol", "informational"})
             memory[metric] = BytesRule(**rule)
+        cost = {metric: BytesRule(**table["cost"].get(metric, {})) for metric in COST_METRICS}
         loss = table["loss"].get(device, {})
         _check_keys(Path(path), f"loss.{device}.", loss, {"exact", "atol", "rtol"})
-        return Rules(TimeRule(**time), basis, history, float(spread_factor), memory, CurveRule(**loss))
+        return Rules(TimeRule(**time), basis, history, float(spread_factor), memory, CurveRule(**loss), cost)
     except (TypeError, ValueError) as error:
         raise PolicyError(f"{path}: {error}") from None

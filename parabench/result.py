@@ -35,6 +35,13 @@ class RankResult:
     fingerprint: str
     calibration_seconds: float = 0.0  # the fixed compute step on this rank just before the case
     patches: tuple[str, ...] = ()     # upstream workarounds in force in this rank (parabench.patches)
+    # One step's collectives ({name: calls, bytes, bus_bytes, group_sizes}) and matmul FLOPs (parabench.costs);
+    # None where no step was counted (an A/B session's timing-only rounds).
+    comm: dict[str, dict[str, Any]] | None = None
+    flops: int | None = None
+    parameters: int | None = None     # Ψ: the model's parameter count before any sharding (tied weights once)
+    largest_layer: int | None = None  # the most parameters one module holds itself (DeepSpeed's ZeRO-3 estimate)
+    tokens: int | None = None         # tokens this rank trains on in one step (text workloads), else None
 
 
 @dataclass(frozen=True)
@@ -113,8 +120,40 @@ class CaseResult:
             "calibration_seconds": self.calibration_seconds,
             "calibration_seconds_per_rank": [r.calibration_seconds for r in self.ranks],
             "patches": sorted({name for r in self.ranks for name in r.patches}),
+            **({"comm": [r.comm for r in self.ranks], "flops": [r.flops for r in self.ranks]}
+               if all(r.comm is not None for r in self.ranks) else {}),
+            **self.cost_expectations(),
             **self.environment,
         }
+
+    def cost_expectations(self) -> dict[str, Any]:
+        """Ψ, and what the formulas expect beside what was measured (``parabench.formulas``)."""
+        from parabench.formulas import deepspeed_estimate, expected_state
+
+        first = self.ranks[0]
+        if first.parameters is None:
+            return {}
+        case = self.case
+        out: dict[str, Any] = {"parameters": first.parameters}
+        expected = expected_state(case.strategy, case.optimizer, case.precision, first.parameters, case.world_size,
+                                  dict(case.options))
+        if expected is not None:
+            from parabench.formulas import EXPLAINED, deviations
+
+            out["state_bytes_expected"] = [expected for _ in self.ranks]
+            # beyond 1 % of the formula on some rank, and not explained in parabench.formulas: a finding
+            found = {name: change for r in self.ranks for name, change in deviations(r.state_bytes, expected).items()
+                     if name not in EXPLAINED.get(case.strategy, {})}
+            if found:
+                out["state_formula_findings"] = found
+        estimate = deepspeed_estimate(case.strategy, first.parameters, first.largest_layer or 0, case.world_size)
+        if estimate is not None and not case.option("offload"):
+            out["deepspeed_estimate_bytes"] = estimate
+        if first.tokens:
+            # ≈ 6 FLOPs per parameter and token (2 forward, 4 backward); 8 where checkpointing recomputes the forward
+            out["flops_expected"] = [(8 if case.option("ckpt") else 6) * first.parameters * r.tokens
+                                     for r in self.ranks]
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"case": self.case.to_dict(), "ranks": [asdict(r) for r in self.ranks],

@@ -9,6 +9,12 @@ machine's drift hits both alike, plus ``--exact-runs`` runs of each deterministi
 
     python -m parabench.selftest --ab --runs 20 --slowdown 0.15 -k "<cases>"
 
+    python -m parabench.selftest --costs --runs 20 -k "<cases>"
+
+Costs mode: records the cases once, then ``--runs`` gate runs on unchanged code (every case's collectives and
+FLOPs must equal the stored ones to the byte) alternating with ``--runs`` runs with ``--bench-inject=comm=1024``
+(one more all-reduce per step: every case's collectives must be flagged). Prints the counts.
+
 A/B mode: ``--runs`` A/A sessions (``--bench-ab`` with this interpreter and tree on both sides) alternating with
 ``--runs`` A/B sessions whose head side alone runs ``--bench-inject=slowdown=F``. Each session is judged on its own
 rounds. Prints, per session, the cases flagged and their paired ratios; at the end, how many A/A sessions raised
@@ -104,6 +110,39 @@ def main_ab(args) -> int:
     return 0
 
 
+def main_costs(args) -> int:
+    work = Path(tempfile.mkdtemp(prefix="parabench-selftest-costs-"))
+    storage = work / "baselines"
+    steps = [f"--bench-steps={args.steps}"] if args.steps else []
+    recorded = pytest_session(storage, args.selection, "--bench-record", *steps)
+    if recorded.returncode != 0:
+        print(recorded.stdout[-3000:], recorded.stderr[-2000:])
+        return 2
+    equal = caught = 0
+    cases: set[str] = set()
+    for run in range(args.runs):
+        for label, extra in (("unchanged", ()), ("comm=1024", ("--bench-inject=comm=1024",))):
+            rows = gate_rows(storage, args.selection, work / f"{label}-{run}", *steps, *extra)
+            names = {r["name"] for r in rows}
+            cases |= names
+            costs = [r for r in rows if r["metric"] in ("comm bus bytes", "flops")]
+            judged = {(r["name"], r["metric"]) for r in costs}
+            complete = judged == {(n, m) for n in names for m in ("comm bus bytes", "flops")}
+            if label == "unchanged":
+                ok = complete and all(r["verdict"] == "unchanged" for r in costs)
+                equal += ok
+            else:
+                ok = complete and flagged(rows, ("comm bus bytes",)) == names and all(
+                    r["verdict"] == "unchanged" for r in costs if r["metric"] == "flops")
+                caught += ok
+            print(f"run {run + 1:2d} {label:10s}: {'as expected' if ok else 'NOT as expected'} "
+                  f"({', '.join(sorted({r['verdict'] + ' ' + r['metric'] for r in costs}))})", flush=True)
+    print(f"\n{len(cases)} cases ({args.selection!r}); results under {work}")
+    print(f"unchanged: collectives and FLOPs equal to the byte in {equal}/{args.runs} runs")
+    print(f"comm=1024: the extra all-reduce flagged in every case in {caught}/{args.runs} runs")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20)
@@ -111,11 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exact-runs", type=int, default=3, help="runs of each deterministic perturbation")
     parser.add_argument("-k", dest="selection", default=DEFAULT_SELECTION)
     parser.add_argument("--ab", action="store_true", help="A/A and A/B sessions (--bench-ab) instead of the gate's")
-    parser.add_argument("--steps", type=int, default=None, help="A/B: --bench-steps of each session")
+    parser.add_argument("--costs", action="store_true", help="collectives and FLOPs: unchanged and comm=1024 runs")
+    parser.add_argument("--steps", type=int, default=None, help="A/B and costs: --bench-steps of each session")
     parser.add_argument("--rounds", type=int, default=None, help="A/B: --bench-ab-rounds (default: the policy's)")
     args = parser.parse_args(argv)
     if args.ab:
         return main_ab(args)
+    if args.costs:
+        return main_costs(args)
     work = Path(tempfile.mkdtemp(prefix="parabench-selftest-"))
     storage = work / "baselines"
     recorded = pytest_session(storage, args.selection, "--bench-record")

@@ -9,6 +9,7 @@ import torch
 from parabench import inject
 from parabench.calibration import calibration_seconds
 from parabench.case import Case, shard_bounds, split_batch
+from parabench.costs import step_costs
 from parabench.inject import Perturbation
 from parabench.measure import StepTimer, profiled_peak_bytes, rss_bytes, state_bytes
 from parabench.optimizers import OPTIMIZERS
@@ -51,7 +52,10 @@ def build(context: RankContext, case: Case,
     data = CaseData(workload, case, *strategy.data_parallel(), device=context.device, examples=examples)
     strategy.set_batching(data.micro_batch, case.grad_accum)
     torch.manual_seed(case.seed)  # every rank builds the same initial model
-    strategy.setup(workload.build_model(), OPTIMIZERS.get(case.optimizer).for_accumulation(case.grad_accum), workload)
+    model = workload.build_model()
+    strategy.parameter_count = sum(p.numel() for p in model.parameters())  # Ψ, tied weights once (the formulas')
+    strategy.largest_layer = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+    strategy.setup(model, OPTIMIZERS.get(case.optimizer).for_accumulation(case.grad_accum), workload)
     return strategy, workload, data
 
 
@@ -87,7 +91,7 @@ def run_case(context: RankContext, case: Case, perturbation: Perturbation | None
             inject.before_step(case, context.rank, context.world_size, step)
             train = lambda: strategy.train_step(batches, workload.loss)  # noqa: E731
             if perturbation:
-                train = perturbation.timed(train, timer.synchronize)
+                train = perturbation.timed(perturbation.communicating(train), timer.synchronize)
             local_loss, seconds = timer.time(train)
             losses.append(strategy.global_loss(local_loss))
             if step >= case.warmup_steps:
@@ -98,17 +102,23 @@ def run_case(context: RankContext, case: Case, perturbation: Perturbation | None
         if perturbation and perturbation.grows_memory:
             held.append(perturbation.ballast(state["total"], context.device))
             state = state_bytes({**tensors, "optimizer": tensors.get("optimizer", []) + held[-1:]})
+        extra = data.micro_batches(case.total_steps)
+        step = lambda: strategy.train_step(extra, workload.loss)  # noqa: E731
+        if perturbation:
+            step = perturbation.communicating(step)
+        comm = flops = None
         if cuda:
             peak = torch.cuda.max_memory_allocated(context.device)
             reserved = torch.cuda.max_memory_reserved(context.device)
+            if memory:
+                comm, flops = step_costs(step)  # one more step, untimed, after the peaks are read
         elif not memory:
             peak = reserved = None
         else:
             # Two more steps, profiled and untimed; their losses are not part of the curve. The first
             # profiled step of a case peaked up to 9 % higher than every later one; the second is steady.
-            extra = data.micro_batches(case.total_steps)
-            step = lambda: strategy.train_step(extra, workload.loss)  # noqa: E731
-            profiled_peak_bytes(step)
+            # The first counts the step's collectives and FLOPs (parabench.costs), the second measures the peak.
+            comm, flops = step_costs(step)
             peak = profiled_peak_bytes(step)
             if perturbation and perturbation.grows_memory:
                 unperturbed = peak
@@ -118,7 +128,9 @@ def run_case(context: RankContext, case: Case, perturbation: Perturbation | None
                             step_seconds=step_seconds, setup_seconds=setup_seconds, state_bytes=state,
                             peak_allocated_bytes=peak, cuda_max_reserved_bytes=reserved, rss_bytes=rss_bytes(),
                             workload=workload.describe(), fingerprint=workload.fingerprint(),
-                            calibration_seconds=calibration, patches=patches_in_force())
+                            calibration_seconds=calibration, patches=patches_in_force(), comm=comm, flops=flops,
+                            parameters=strategy.parameter_count, largest_layer=strategy.largest_layer,
+                            tokens=sum(b["input_ids"].numel() for b in extra) if "input_ids" in extra[0] else None)
         if trace:
             # Last, so that nothing measured above (resident memory included) sees these steps. Every rank
             # runs as many (pipeline stages step together), on data that follows the memory steps'.

@@ -130,6 +130,39 @@ def judge_bytes_range(stored: Sequence[int], now: int, rule: BytesRule) -> Judge
                    detail=f"{judgement.detail}; {len(stored)} stored runs spanned {span}")
 
 
+def judge_comm(baseline: dict, now: dict, rule: BytesRule) -> Judgement:
+    """One rank's collectives of one step (``parabench.costs``) against the stored ones.
+
+    The bus bytes are judged by ``rule``; where they are within it but a collective's calls or bytes differ,
+    more calls is a regression and fewer an improvement (an extra all-reduce of a few bytes is still one more
+    synchronisation per step)."""
+    from parabench.costs import total
+
+    bytes_judgement = judge_bytes(total(baseline), total(now), rule)
+    differs = [f"{name} {_comm_entry(baseline.get(name))} → {_comm_entry(now.get(name))}"
+               for name in sorted(set(baseline) | set(now))
+               if {k: v for k, v in (baseline.get(name) or {}).items() if k != "group_sizes"}
+               != {k: v for k, v in (now.get(name) or {}).items() if k != "group_sizes"}]
+    verdict = bytes_judgement.verdict
+    if verdict is Verdict.UNCHANGED and differs and not rule.informational:
+        calls = total(now, "calls") - total(baseline, "calls")
+        verdict = (Verdict.REGRESSED if calls > 0 or (calls == 0 and total(now, "bytes") > total(baseline, "bytes"))
+                   else Verdict.IMPROVED)
+    detail = "; ".join([bytes_judgement.detail] + (differs or ["every collective equal"]))
+    return Judgement(verdict, f"{bytes_judgement.baseline} in {total(baseline, 'calls')} calls",
+                     f"{bytes_judgement.now} in {total(now, 'calls')} calls", bytes_judgement.change, detail)
+
+
+def _comm_entry(entry: dict | None) -> str:
+    return "none" if not entry else f"{entry['calls']}× {_bytes(entry['bytes'])} (bus {_bytes(entry['bus_bytes'])})"
+
+
+def judge_flops(baseline: int, now: int, rule: BytesRule) -> Judgement:
+    """One rank's matmul FLOPs of one step against the stored ones (the tolerance as for bytes)."""
+    judgement = judge_bytes(baseline, now, rule)
+    return replace(judgement, baseline=f"{baseline / 1e9:.4f} GFLOP", now=f"{now / 1e9:.4f} GFLOP")
+
+
 def judge_curve(baseline: Sequence[float], now: Sequence[float], rule: CurveRule) -> Judgement:
     """Step by step against the stored curve; names the first step that diverged."""
     if len(baseline) != len(now):

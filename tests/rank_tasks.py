@@ -100,3 +100,25 @@ def report_progress_between_waits(context, done: int, total: int, wait_s: float)
     time.sleep(wait_s / 2)
     context.report_progress(done + context.rank, total + context.rank)
     time.sleep(wait_s / 2)
+
+
+def count_collectives(context) -> tuple[dict, int]:
+    """One of each kind of collective under ``parabench.costs``, plus a DDP step of a 2-layer model."""
+    from torch.distributed._functional_collectives import all_reduce as functional_all_reduce
+
+    from parabench.costs import CommCounter, step_costs
+
+    alone = [dist.new_group([r]) for r in range(context.world_size)][context.rank]  # every rank makes every group
+    counter = CommCounter()
+    with counter:
+        dist.all_reduce(torch.ones(100))                                          # 400 B
+        dist.all_reduce(torch.ones(10), group=alone)                              # a group of one
+        dist.all_gather_into_tensor(torch.empty(128), torch.ones(64))             # output 512 B
+        dist.reduce_scatter_tensor(torch.empty(32), torch.ones(64))               # input 256 B
+        dist.broadcast(torch.ones(10, dtype=torch.bfloat16), 0)                   # 20 B
+        functional_all_reduce(torch.ones(8), "sum", dist.group.WORLD).wait()      # 32 B, functional
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Linear(8, 4)))
+    x = torch.randn(6, 16)
+    model(x).sum().backward()  # DDP's first backward rebuilds its buckets
+    comm, flops = step_costs(lambda: model(x).sum().backward())
+    return {"collectives": counter.counts(), "ddp": comm}, flops

@@ -263,6 +263,8 @@ def test_overrides_apply_to_matching_cases_only(tmp_path):
     ("format = 1\n[memory]\npeak_allocated_bytes = { rtol = '1%' }\n",
      "[memory.peak_allocated_bytes] rtol = '1%': takes a number ≥ 0"),
     ("format = 1\n[loss.cpu]\nexact = 'yes'\n", "[loss.cpu] exact = 'yes': takes true or false"),
+    ("format = 1\n[cost]\ncomm = { rtol = 'exact' }\n", "[cost.comm] rtol = 'exact': takes a number ≥ 0"),
+    ("format = 1\n[cost]\nbytes = { rtol = 0 }\n", "unknown key cost.bytes; known here: comm, flops"),
     ("format = 1\n[key]\nfields = 'device'\n", "[key] fields = 'device': takes a list of strings"),
     ("format = 1\n[[override]]\ncases = 3\n", "[override[0]] cases = 3: takes a case-id pattern"),
     ("format = 1\n[[override]]\ncases = 'x'\nmemory = { state_bytes = { atol = -1 } }\n",

@@ -123,6 +123,12 @@ def _write(doc: Document, run: ReportRun, base: ReportRun | None, steps: int, po
                    lambda path: figures.memory_per_rank(path, title, records, source))
         doc.figure(f"loss_{table.name}", f"loss curves: {title}",
                    lambda path: figures.loss_curves(path, title, records, source))
+        cost = tables.costs(title, records)
+        if cost is not None:
+            doc.heading(f"What it costs on {records[0].case['workload']}", 3)
+            doc.table(cost)
+            doc.figure(f"bus_{cost.name}", f"bus bytes per step per rank: {title}",
+                       lambda path: figures.bus_bytes(path, title, records, source))
     seeds = tables.seed_plugins(run)
     if len(seeds) > 1:
         title = "the seeds' plugins on vit-digits, each in its precision"

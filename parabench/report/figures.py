@@ -207,3 +207,26 @@ def comparison(path: Path, points: Sequence[tuple[str, float, float, str]], sour
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, title="case's worst gate verdict", title_fontsize=8)
     _finish(fig, ax, path, "baseline vs now: time and memory per case", infos, source)
+
+
+def bus_bytes(path: Path, title: str, records: Sequence[CaseRecord], source: str) -> None:
+    """Per case, the bus bytes of one step on its busiest rank, stacked by collective."""
+    from parabench.costs import total
+
+    plt = _pyplot()
+    counted = [r for r in records if r.info.get("comm")]
+    names = sorted({name for r in counted for comm in r.info["comm"] for name in comm})
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.4 * len(counted)))
+    left = [0.0] * len(counted)
+    for i, name in enumerate(names):
+        widths = [max(r.info["comm"], key=total).get(name, {}).get("bus_bytes", 0) / MB for r in counted]
+        ax.barh(range(len(counted)), widths, left=left, color=f"C{i}", label=name)
+        left = [a + b for a, b in zip(left, widths)]
+    for y, value in enumerate(left):
+        ax.annotate(f"{value:.2f}", (value, y), xytext=(2, 0), textcoords="offset points", va="center", fontsize=6)
+    ax.set_yticks(range(len(counted)), [r.label(STRATEGY_ONLY) for r in counted], fontsize=7.5)
+    ax.invert_yaxis()
+    ax.set_xlabel("bus bytes per step, busiest rank (MB, nccl-tests convention)")
+    ax.grid(True, axis="x", alpha=0.3)
+    _legend(ax, len(names))
+    _finish(fig, ax, path, f"collectives per step — {title}", [r.info for r in counted], source)

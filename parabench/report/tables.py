@@ -371,3 +371,46 @@ def deltas(run: ReportRun, base: ReportRun, report) -> tuple[Table, list[tuple[s
     table.notes.append("rows are ordered worst verdict first; a verdict other than regressed, improved or unchanged "
                        "means the gate could not judge the case (see why)")
     return table, points
+
+
+def _largest_rank(values: Sequence[Any] | None, key: Callable[[Any], float]) -> Any:
+    return max(values, key=key) if values else None
+
+
+def costs(title: str, records: Sequence[CaseRecord]) -> Table | None:
+    """What each strategy does per step (``parabench.costs``, ``parabench.formulas``): collectives, bus bytes
+    (× DDP's on the same setting), matmul FLOPs (× DDP's) and state per rank, measured and by the formula."""
+    from parabench.costs import total
+
+    counted = [r for r in records if r.info.get("comm")]
+    if not counted:
+        return None
+    ddp = next((r for r in counted if r.strategy == "torch-ddp"), None)
+    ddp_bus = max(total(c) for c in ddp.info["comm"]) if ddp else None
+    ddp_flops = max(ddp.info["flops"]) if ddp else None
+    table = Table(f"costs_{records[0].case['workload'].replace('-', '_')}", f"what it costs: {title}",
+                  ["strategy", "ranks", "collectives per step", "bus bytes per step (MB)", "× DDP", "GFLOP per step",
+                   "FLOPs × DDP", "FLOPs / (6Ψ·tokens)", "state per rank (MB)", "formula (MB)", "state / formula"],
+                  formats={"bus bytes per step (MB)": _mb, "× DDP": _times, "GFLOP per step": lambda v: f"{v / 1e9:.4f}",
+                           "FLOPs × DDP": _times, "FLOPs / (6Ψ·tokens)": lambda v: f"{v:.3f}",
+                           "state per rank (MB)": _mb, "formula (MB)": _mb, "state / formula": lambda v: f"{v:.3f}"})
+    for r in counted:
+        comm = _largest_rank(r.info["comm"], total)  # the rank that moves the most
+        bus = total(comm)
+        calls = ", ".join(f"{name} {entry['calls']}×" for name, entry in comm.items())
+        flops = max(r.info.get("flops") or [0])
+        expected_flops = max(r.info.get("flops_expected") or [0])
+        state = max(s["total"] for s in r.info["state_bytes"])
+        formula = max(s["total"] for s in r.info["state_bytes_expected"]) if r.info.get("state_bytes_expected") else None
+        table.rows.append([r.label(STRATEGY_ONLY), r.world_size, calls, bus, bus / ddp_bus if ddp_bus else None,
+                           flops, flops / ddp_flops if ddp_flops else None,
+                           flops / expected_flops if expected_flops else None, state, formula,
+                           state / formula if formula else None])
+    table.notes += ["bus bytes: the nccl-tests convention (all-reduce 2(n−1)/n × size, all-gather and reduce-scatter "
+                    "(n−1)/n × the whole buffer, broadcast 1×), on the rank that moves the most; the ZeRO paper "
+                    "expects 1× DDP for stages 1–2 and 1.5× for stage 3",
+                    "FLOPs: matrix products and convolutions one step runs on a rank (parabench/costs.py); "
+                    "6Ψ·tokens is the rule of thumb (8Ψ·tokens where checkpointing recomputes the forward)",
+                    "formula: parabench/formulas.py (ZeRO paper accounting); state / formula off 1 by more than 1 % "
+                    "is named in the README's cost findings"]
+    return table
