@@ -118,6 +118,31 @@ def _as_linear(conv1d: torch.nn.Module) -> torch.nn.Linear:
     return linear
 
 
+class Gpt2Text3M(Gpt2Text):
+    """The same corpus and tokens on a wider, deeper GPT-2 (n_embd 256, 4 layers: 3.2 M parameters), the second
+    model size of the scaling module on a CPU."""
+
+    name = "gpt2-text-3m"
+
+    def config(self):
+        config = super().config()
+        config.n_embd, config.n_layer = 256, 4
+        return config
+
+
+class Gpt2Text124M(Gpt2Text):
+    """GPT-2 small: ``GPT2Config``'s defaults (124 M parameters with its 50,257-token vocabulary, of which the
+    byte corpus uses the first 256), on this corpus in blocks of 64 tokens; dropout off, as in every workload here
+    (ranks and the one-process reference must draw the same numbers). The full profile and GPUs."""
+
+    name = "gpt2-124m-text"
+
+    def config(self):
+        from transformers import GPT2Config
+
+        return GPT2Config(bos_token_id=10, eos_token_id=10, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+
+
 class _SplitQKV(torch.nn.Module):
     """GPT-2's fused q/k/v ``Conv1D`` as three ``nn.Linear``, outputs concatenated as the fused one's are."""
 
