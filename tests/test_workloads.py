@@ -215,6 +215,7 @@ def test_dropout_is_off(name, loaded):
 
 def test_tensor_workload_pickles_without_its_data(loaded):
     workload = loaded["mlp-digits"]
+    workload.tensors  # loaded here: under xdist no earlier test of this worker may have loaded it
     assert workload._tensors is not None
     copy = pickle.loads(pickle.dumps(workload))
     assert copy._tensors is None
