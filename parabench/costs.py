@@ -61,7 +61,7 @@ _OPS = {
 BUS_FACTOR: dict[str, Callable[[int], tuple[int, int]]] = {
     "all_reduce": lambda n: (2 * (n - 1), n), "all_gather": lambda n: (n - 1, n),
     "reduce_scatter": lambda n: (n - 1, n), "all_to_all": lambda n: (n - 1, n), "gather": lambda n: (n - 1, n),
-    "scatter": lambda n: (n - 1, n), "broadcast": lambda n: (1, 1), "reduce": lambda n: (1, 1),
+    "scatter": lambda n: (n - 1, n), "broadcast": lambda n: (int(n > 1), 1), "reduce": lambda n: (int(n > 1), 1),
     "send": lambda n: (1, 1), "recv": lambda n: (1, 1), "barrier": lambda n: (0, 1),
 }
 FLOP_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::conv2d"})
@@ -108,7 +108,10 @@ class CommCounter(TorchDispatchMode):
             elif name == "batch_p2p_ops":
                 for op, tensor in zip(args[0], args[3]):
                     self.record("send" if op == "isend" else "recv", {"tensor": tensor, "group_name": args[4]})
-        return func(*args, **kwargs)
+        # An op run from here is below __torch_function__, as it is without this mode: a subclass' override must
+        # not see it again (ColossalAI's ColoTensor rewraps the result, and its backward then recursed for good).
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
 
     def record(self, collective: str, arguments: dict[str, Any]) -> None:
         names, times_group = _SIZE_ARGUMENTS[collective]

@@ -110,7 +110,7 @@ def run_case(context: RankContext, case: Case, perturbation: Perturbation | None
         if cuda:
             peak = torch.cuda.max_memory_allocated(context.device)
             reserved = torch.cuda.max_memory_reserved(context.device)
-            if memory and strategy.counts_costs:
+            if memory:
                 comm, flops = step_costs(step)  # one more step, untimed, after the peaks are read
         elif not memory:
             peak = reserved = None
@@ -118,10 +118,7 @@ def run_case(context: RankContext, case: Case, perturbation: Perturbation | None
             # Two more steps, profiled and untimed; their losses are not part of the curve. The first
             # profiled step of a case peaked up to 9 % higher than every later one; the second is steady.
             # The first counts the step's collectives and FLOPs (parabench.costs), the second measures the peak.
-            if strategy.counts_costs:
-                comm, flops = step_costs(step)
-            else:
-                profiled_peak_bytes(step)
+            comm, flops = step_costs(step)
             peak = profiled_peak_bytes(step)
             if perturbation and perturbation.grows_memory:
                 unperturbed = peak

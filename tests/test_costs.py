@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from parabench.costs import BUS_FACTOR, total
+from parabench.costs import BUS_FACTOR, CommCounter, total
 from parabench.pool import PoolManager
 from parabench.verdict import BytesRule, Verdict, judge_comm
 from tests import rank_tasks
@@ -61,3 +62,30 @@ def test_comm_judgement_is_exact_and_names_what_changed():
     assert judge_comm(base, {"all_reduce": entry(3, 4004)}, loose).verdict is Verdict.REGRESSED
     assert judge_comm(base, {"all_reduce": entry(1, 3996)}, loose).verdict is Verdict.IMPROVED
     assert total({"a": entry(1, 5), "b": entry(2, 7)}, "calls") == 3
+
+
+class _Wrapping(torch.Tensor):
+    """A tensor subclass whose ``__torch_function__`` rewraps every result and runs ``backward`` on a plain view,
+    as ColossalAI's ``ColoTensor`` (Gemini's parameters and activations) does."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.backward:
+            return torch.Tensor(args[0]).backward(**kwargs)
+        with torch._C.DisableTorchFunction():
+            out = func(*args, **kwargs)
+        if type(out) is torch.Tensor:
+            with torch._C.DisableTorchFunction():
+                return out.as_subclass(cls)
+        return out
+
+
+def test_a_tensor_subclass_that_rewraps_its_results_is_counted():
+    # Under the counting mode an op inside __torch_dispatch__ must not call the subclass' __torch_function__ again:
+    # it did, and ColoTensor's backward, given its own rewrapped result, recursed until Python's limit.
+    weight = torch.Tensor._make_subclass(_Wrapping, torch.ones(4, 3), True)
+    with CommCounter() as counter:
+        (torch.ones(2, 4) @ weight).sum().backward()
+    assert counter.counts() == {}
+    assert torch.equal(weight.grad, torch.full((4, 3), 2.0))

@@ -49,9 +49,6 @@ class Strategy(ABC):
     before spawning anything. An instance lives inside one rank for one case.
     """
 
-    # False where a step cannot run under parabench.costs' counting dispatch mode (no comm/flops recorded)
-    counts_costs = True
-
     name: ClassVar[str]
     family: ClassVar[str]  # the pytest mark that selects it: torch, deepspeed, colossalai, fairscale
     requires: ClassVar[Requirements] = Requirements(min_world_size=2)

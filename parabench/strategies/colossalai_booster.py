@@ -233,8 +233,6 @@ class ColossalAIGemini(ColossalAIBooster):
                             enable_async_reduce=self.context.device.type == "cuda",
                             **gemini_chunk_search(sum(p.numel() for p in model.parameters())), **fractions)
 
-    counts_costs = False  # its parameter hooks fail under the counting dispatch mode (4 Gemini cases, CI gate)
-
     def state_tensors(self) -> dict[str, Iterable[object]]:
         """Gemini's storage, each once: params are the half-precision chunks this rank holds (its shard of each
         sharded chunk, the whole of a chunk kept gathered; a scattered chunk's global buffer has no storage),
