@@ -2,7 +2,7 @@
 
 ZeRO-3 shards parameters, gradients and optimizer state, so its state per rank × N is the same at every N; DDP
 all-reduces every gradient once a step, 2(n−1)/n × 4Ψ bus bytes. Two model sizes run here (gpt2-text, 0.44 M
-parameters; gpt2-text-3m, 3.2 M), GPT-2 small (124 M) in the full profile and on GPUs.
+parameters; gpt2-text-3m, 3.2 M), GPT-2 small (124 M) and ViT-Base/16 at 224 px (86 M) in the full profile and on GPUs.
 """
 
 import pytest
@@ -13,8 +13,8 @@ from parabench.matrix import cases, params
 SIZES = ["gpt2-text", "gpt2-text-3m"]
 STRATEGIES = ["torch-ddp", "deepspeed-zero3", "torch-fsdp"]
 CASES = (params(cases(STRATEGIES, ["adamw"], SIZES, world_sizes=[1, 2, 4], precisions=["fp32"], steps=5))
-         + params(cases(STRATEGIES, ["adamw"], ["gpt2-124m-text"], world_sizes=[1, 2, 4], precisions=["fp32"],
-                        steps=5), pytest.mark.full))
+         + params(cases(STRATEGIES, ["adamw"], ["gpt2-124m-text", "vit-base-digits"], world_sizes=[1, 2, 4],
+                        precisions=["fp32"], steps=5), pytest.mark.full))
 # ZeRO-3 pads each parameter's partition to a multiple of N elements and Adam keeps one 4-byte step per tensor:
 # 0.003 % of gpt2-text's state at N = 4 (measured). Beyond 1 %, a rank holds something the formula leaves out.
 STATE_RTOL = 0.01

@@ -217,3 +217,30 @@ def test_the_seeds_plugin_table_takes_each_plugin_in_its_precision(tmp_path):
     assert main(["report", str(tmp_path / "store" / "machine" / "0001_seeds.json"), "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
     assert "## The seeds' ColossalAI plugins" in text and "| gemini (bf16)" in text and "not in this run" not in text
+
+
+def test_the_scaling_module_gets_its_table_and_figure(tmp_path):
+    psi = 1000
+    benchmarks = []
+    for strategy, sharded in (("torch-ddp", False), ("deepspeed-zero3", True)):
+        for n in (1, 2, 4):
+            bench = case_benchmark(strategy, n, test="test_scaling")
+            per_rank = 16 * psi // (n if sharded else 1)
+            bench["extra_info"] |= {
+                "parameters": psi,
+                "state_bytes": [{"params": 0, "grads": 0, "optimizer": 0, "master": 0, "total": per_rank}] * n,
+                "state_bytes_expected": [{"params": 0, "grads": 0, "optimizer": 0, "master": 0, "total": per_rank}] * n,
+                "comm": [{"all_reduce": {"calls": 1, "bytes": 4 * psi, "bus_bytes": 2 * (n - 1) * 4 * psi // n,
+                                         "group_sizes": [n]}}] * n,
+                "flops": [6 * psi * 64 // n] * n}
+            benchmarks.append(bench)
+    run = write_run(tmp_path / "store" / "m" / "0001_scaling.json", benchmarks)
+    assert main(["report", str(run), "--out", str(tmp_path / "out")]) == 0
+    rows = read_csv(tmp_path / "out" / "scaling.csv")
+    assert [(r["strategy"], r["N"]) for r in rows] == [("deepspeed-zero3", "1"), ("deepspeed-zero3", "2"),
+                                                      ("deepspeed-zero3", "4"), ("torch-ddp", "1"),
+                                                      ("torch-ddp", "2"), ("torch-ddp", "4")]
+    assert {r["state × N (MB)"] for r in rows[:3]} == {str(16 * psi)}  # sharded: flat over N
+    assert [r["state × N (MB)"] for r in rows[3:]] == [str(16 * psi * n) for n in (1, 2, 4)]
+    assert (tmp_path / "out" / "scaling.png").stat().st_size > 10_000
+    assert "## Model size × world size" in (tmp_path / "out" / "report.md").read_text()

@@ -129,6 +129,12 @@ def _write(doc: Document, run: ReportRun, base: ReportRun | None, steps: int, po
             doc.table(cost)
             doc.figure(f"bus_{cost.name}", f"bus bytes per step per rank: {title}",
                        lambda path: figures.bus_bytes(path, title, records, source))
+    scaled = tables.scaling(run)
+    if scaled is not None:
+        doc.heading("Model size × world size")
+        doc.table(scaled)
+        doc.figure("scaling", "state and bus bytes per rank over N, with the formulas",
+                   lambda path: figures.scaling(path, [r for r in run.cases if r.test == "test_scaling"], source))
     seeds = tables.seed_plugins(run)
     if len(seeds) > 1:
         title = "the seeds' plugins on vit-digits, each in its precision"

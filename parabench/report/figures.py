@@ -230,3 +230,53 @@ def bus_bytes(path: Path, title: str, records: Sequence[CaseRecord], source: str
     ax.grid(True, axis="x", alpha=0.3)
     _legend(ax, len(names))
     _finish(fig, ax, path, f"collectives per step — {title}", [r.info for r in counted], source)
+
+
+
+def scaling(path: Path, records: Sequence[CaseRecord], source: str) -> None:
+    """State bytes and bus bytes per rank over world size N, measured points with the formulas drawn through them:
+    the ZeRO paper's model states (``parabench.formulas``), DDP's all-reduce 2(N−1)/N × 4Ψ and stage 3's 1.5× that."""
+    from parabench.costs import total
+
+    plt = _pyplot()
+    fig, (state_ax, bus_ax) = plt.subplots(1, 2, figsize=(11, 4.6))
+    series: dict[tuple[str, str], list[CaseRecord]] = {}
+    for r in records:
+        series.setdefault((r.strategy, r.case["workload"]), []).append(r)
+    strategies = sorted({strategy for strategy, _ in series})
+    workloads = sorted({workload for _, workload in series})
+    # A strategy a colour and a marker (ZeRO-3 and FSDP hold the same bytes: hollow over filled shows both).
+    markers = [dict(marker="o", markersize=9, fillstyle="none"), dict(marker="s", markersize=5),
+               dict(marker="^", markersize=6)]
+    for (strategy, workload), points in sorted(series.items()):
+        points.sort(key=lambda r: r.world_size)
+        ns = [r.world_size for r in points]
+        colour = f"C{strategies.index(strategy)}"
+        style = dict(markers[strategies.index(strategy) % len(markers)], color=colour, linestyle="none")
+        label = f"{strategy}, {workload}"
+        state_ax.plot(ns, [max(s["total"] for s in r.info["state_bytes"]) / MB for r in points], label=label, **style)
+        if all(r.info.get("state_bytes_expected") for r in points):
+            state_ax.plot(ns, [max(s["total"] for s in r.info["state_bytes_expected"]) / MB for r in points], "--",
+                          color=colour, linewidth=0.8)
+        moving = [r for r in points if r.world_size > 1 and r.info.get("comm") is not None]  # N = 1 moves nothing
+        if moving:
+            bus_ax.plot([r.world_size for r in moving], [max(total(c) for c in r.info["comm"]) / MB for r in moving],
+                        label=label, **style)
+            psi = points[0].info.get("parameters")
+            factor = {"torch-ddp": 1.0, "deepspeed-zero3": 1.5, "torch-fsdp": 1.5}.get(strategy)
+            if psi and factor:
+                ns = [r.world_size for r in moving]
+                bus_ax.plot(ns, [factor * 2 * (n - 1) / n * 4 * psi / MB for n in ns], ":", color=colour,
+                            linewidth=0.8)
+    state_ax.set_title("model state per rank (dashed: the formula)", fontsize=9)
+    bus_ax.set_title("bus bytes per step, busiest rank (dotted: the ZeRO paper,\n"
+                     "DDP 2(N−1)/N·4Ψ, stage 3 and FSDP 1.5× that)", fontsize=9)
+    for ax in (state_ax, bus_ax):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks([1, 2, 4], ["1", "2", "4"])
+        ax.set_xlabel("ranks N")
+        ax.set_ylabel("MB")
+        ax.grid(True, which="both", alpha=0.3)
+    state_ax.legend(fontsize=6.5, title=" / ".join(workloads), title_fontsize=6.5)
+    _finish(fig, state_ax, path, "model size × world size", [r.info for r in records], source)

@@ -414,3 +414,32 @@ def costs(title: str, records: Sequence[CaseRecord]) -> Table | None:
                     "formula: parabench/formulas.py (ZeRO paper accounting); state / formula off 1 by more than 1 % "
                     "is named in the README's cost findings"]
     return table
+
+
+def scaling(run: ReportRun) -> Table | None:
+    """The scaling module's cases (``bench/test_scaling.py``): per strategy and model size over world sizes N, what
+    a rank holds against the formula, what it moves and computes per step, and its profiled peak."""
+    from parabench.costs import total
+
+    records = sorted((r for r in run.cases if r.test == "test_scaling" and r.info.get("state_bytes")),
+                     key=lambda r: (r.strategy, r.info.get("parameters") or 0, r.world_size))
+    if len({r.world_size for r in records}) < 2:
+        return None
+    table = Table("scaling", "model size × world size: state, collectives and FLOPs per rank",
+                  ["strategy", "model", "Ψ", "N", "state per rank (MB)", "formula (MB)", "state × N (MB)",
+                   "bus bytes per step (MB)", "GFLOP per step", "peak per rank (MB)"],
+                  formats={"Ψ": lambda v: f"{v:,}", "state per rank (MB)": _mb, "formula (MB)": _mb,
+                           "state × N (MB)": _mb, "bus bytes per step (MB)": _mb,
+                           "GFLOP per step": lambda v: f"{v / 1e9:.4f}", "peak per rank (MB)": _mb})
+    for r in records:
+        state = max(s["total"] for s in r.info["state_bytes"])
+        expected = r.info.get("state_bytes_expected")
+        peaks = [p for p in r.info.get("peak_allocated_bytes") or [] if p is not None]
+        table.rows.append([r.strategy, r.case["workload"], r.info.get("parameters"), r.world_size, state,
+                           max(s["total"] for s in expected) if expected else None, state * r.world_size,
+                           max(total(c) for c in r.info["comm"]) if r.info.get("comm") else None,
+                           max(r.info.get("flops") or [0]) or None, max(peaks) if peaks else None])
+    table.notes += ["state × N stays flat where a strategy shards everything (ZeRO-3, FSDP) and grows with N where it "
+                    "replicates (DDP); bus bytes: the busiest rank, nccl-tests convention",
+                    "formula: parabench/formulas.py; the figure draws it over the measured points"]
+    return table

@@ -69,7 +69,7 @@ class DeepSpeedZero(Strategy):
 
     family = "deepspeed"
     stage: ClassVar[int]
-    requires = Requirements(packages=("deepspeed",), min_world_size=2)
+    requires = Requirements(packages=("deepspeed",), min_world_size=1)  # N = 1: the scaling module's first point
     precisions = ("fp32", "bf16", "fp16")
     master_weights = True  # bf16/fp16: the module is cast, the optimizer steps fp32 partitions
     option_names: ClassVar[tuple[str, ...]] = ("offload", "offload_param", "ckpt", "hpz", "qw", "qg", "bucket",

@@ -80,6 +80,8 @@ class TorchDDP(Strategy):
 
     name = "torch-ddp"
     family = "torch"
+    # One rank is the scaling module's N = 1 point (bench/test_scaling.py); the matrix asks for 2 or more elsewhere.
+    requires = Requirements(min_world_size=1)
 
     def setup(self, model: torch.nn.Module, optimizer: OptimizerSpec, workload: Workload) -> None:
         self.model = self.wrap(model)
@@ -127,6 +129,7 @@ class TorchFSDP(Strategy):
 
     name = "torch-fsdp"
     family = "torch"
+    requires = Requirements(min_world_size=1)  # the scaling module's N = 1 point, as torch-ddp
 
     def setup(self, model: torch.nn.Module, optimizer: OptimizerSpec, workload: Workload) -> None:
         from torch.distributed.device_mesh import init_device_mesh
