@@ -238,7 +238,7 @@ def test_skip_reason_none_for_a_runnable_cpu_case():
 
 
 def test_skip_reason_for_world_sizes():
-    assert "at least 2" in matrix.skip_reason(Case("torch-ddp", "sgd", "mlp-digits", 1), CPU)
+    assert "at least 2" in matrix.skip_reason(Case("torch-fsdp1", "sgd", "mlp-digits", 1), CPU)
     assert "at most 1" in matrix.skip_reason(Case("single", "sgd", "mlp-digits", 2), CPU)
     assert "limited to 4" in matrix.skip_reason(Case("torch-fsdp", "sgd", "mlp-digits", 8), CPU)
 
