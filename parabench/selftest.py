@@ -51,7 +51,8 @@ def flagged(rows: list[dict], metrics: tuple[str, ...]) -> set[str]:
     return {r["name"] for r in rows if r["verdict"] == "regressed" and r["metric"].split(" (")[0] in metrics}
 
 
-AB_SELECTION = ("(torch-ddp-adamw-gpt2_text-w2-fp32 or torch-fsdp-adamw-gpt2_text-w2-fp32 or "
+# test_train only: the scaling module runs cases of the same ids (5 steps each)
+AB_SELECTION = ("test_train and (torch-ddp-adamw-gpt2_text-w2-fp32 or torch-fsdp-adamw-gpt2_text-w2-fp32 or "
                 "deepspeed-zero3-adamw-gpt2_text-w2-fp32) and not (colossalai or ga2 or offload or ckpt or hpz2)")
 
 
