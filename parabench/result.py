@@ -136,7 +136,7 @@ class CaseResult:
         case = self.case
         out: dict[str, Any] = {"parameters": first.parameters}
         expected = expected_state(case.strategy, case.optimizer, case.precision, first.parameters, case.world_size,
-                                  dict(case.options))
+                                  dict(case.options), master_weights=_master_weights(case.strategy))
         if expected is not None:
             from parabench.formulas import EXPLAINED, deviations
 
@@ -158,3 +158,10 @@ class CaseResult:
     def to_dict(self) -> dict[str, Any]:
         return {"case": self.case.to_dict(), "ranks": [asdict(r) for r in self.ranks],
                 "environment": self.environment, "wall_seconds": self.wall_seconds}
+
+
+def _master_weights(strategy: str) -> bool | None:
+    """``Strategy.master_weights`` of a registered strategy (16-bit weights with fp32 masters, or autocast)."""
+    from parabench.strategies import STRATEGIES
+
+    return STRATEGIES.get(strategy).master_weights if strategy in STRATEGIES else None

@@ -174,6 +174,10 @@ class DeepSpeedZero(Strategy):
         held = [p.data for p in params] + [getattr(p, "ds_tensor", None) for p in params]
         base = self.stepping_optimizer()
         master = [p for group in base.param_groups for p in group["params"]]
+        # ZeRO-3 empties the optimizer's param_groups after each step (it puts each sub-group's fp32 partition in
+        # for its step only): its masters are read from the partitions themselves. In fp32 they are the parameters'
+        # own partitions (counted once, as params); in bf16/fp16 a separate fp32 copy.
+        master.extend(getattr(self.engine.optimizer, "fp32_partitioned_groups_flat", ()))
         grads: list[object] = [p.grad for p in params] + [p.grad for p in master]
         for name in _GRADIENT_BUFFERS:
             grads.extend(_tensors(getattr(self.engine.optimizer, name, None)))
