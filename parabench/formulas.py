@@ -109,6 +109,23 @@ def expected_state(strategy: str, optimizer: str, precision: str, parameters: in
     return expected
 
 
+def master_weights_of(strategy: str) -> bool | None:
+    """``Strategy.master_weights`` of a registered strategy (16-bit weights with fp32 masters, or autocast)."""
+    from parabench.strategies import STRATEGIES
+
+    return STRATEGIES.get(strategy).master_weights if strategy in STRATEGIES else None
+
+
+def expected_for(info: dict[str, Any]) -> dict[str, int] | None:
+    """The formula as it stands for a stored result's ``extra_info`` (its case and Ψ), or None without one."""
+    case = info.get("case") or {}
+    if not info.get("parameters") or "strategy" not in case:
+        return None
+    return expected_state(case["strategy"], case["optimizer"], case["precision"], info["parameters"],
+                          case["world_size"], case.get("options") or {},
+                          master_weights=master_weights_of(case["strategy"]))
+
+
 # Deviations beyond 1 % of the formula that are explained: strategy → category → why (measured on gpt2-text, fp32,
 # 2 ranks). Any other deviation is a finding (``deviations`` lists it; the report shows it).
 EXPLAINED = {

@@ -128,7 +128,7 @@ class CaseResult:
 
     def cost_expectations(self) -> dict[str, Any]:
         """Ψ, and what the formulas expect beside what was measured (``parabench.formulas``)."""
-        from parabench.formulas import deepspeed_estimate, expected_state
+        from parabench.formulas import deepspeed_estimate, expected_state, master_weights_of
 
         first = self.ranks[0]
         if first.parameters is None:
@@ -136,7 +136,7 @@ class CaseResult:
         case = self.case
         out: dict[str, Any] = {"parameters": first.parameters}
         expected = expected_state(case.strategy, case.optimizer, case.precision, first.parameters, case.world_size,
-                                  dict(case.options), master_weights=_master_weights(case.strategy))
+                                  dict(case.options), master_weights=master_weights_of(case.strategy))
         if expected is not None:
             from parabench.formulas import EXPLAINED, deviations
 
@@ -159,9 +159,3 @@ class CaseResult:
         return {"case": self.case.to_dict(), "ranks": [asdict(r) for r in self.ranks],
                 "environment": self.environment, "wall_seconds": self.wall_seconds}
 
-
-def _master_weights(strategy: str) -> bool | None:
-    """``Strategy.master_weights`` of a registered strategy (16-bit weights with fp32 masters, or autocast)."""
-    from parabench.strategies import STRATEGIES
-
-    return STRATEGIES.get(strategy).master_weights if strategy in STRATEGIES else None

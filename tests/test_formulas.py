@@ -87,15 +87,12 @@ def test_every_committed_measurement_is_within_one_percent_of_its_formula_or_exp
     """The committed baselines' state per rank against the formulas as they stand: each deviation beyond 1 %
     is explained in parabench.formulas.EXPLAINED (a deviation that is not is a finding: fix the formula, the
     measurement, or explain it)."""
-    from parabench.formulas import EXPLAINED
-    from parabench.result import _master_weights
+    from parabench.formulas import EXPLAINED, expected_for
 
     checked, found = 0, {}
     for name, info in _newest_measurements():
         case = info["case"]
-        expected = expected_state(case["strategy"], case["optimizer"], case["precision"], info["parameters"],
-                                  case["world_size"], case["options"],
-                                  master_weights=_master_weights(case["strategy"]))
+        expected = expected_for(info)
         if expected is None:
             continue
         checked += 1

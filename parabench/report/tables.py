@@ -381,6 +381,7 @@ def costs(title: str, records: Sequence[CaseRecord]) -> Table | None:
     """What each strategy does per step (``parabench.costs``, ``parabench.formulas``): collectives, bus bytes
     (× DDP's on the same setting), matmul FLOPs (× DDP's) and state per rank, measured and by the formula."""
     from parabench.costs import total
+    from parabench.formulas import expected_for
 
     counted = [r for r in records if r.info.get("comm")]
     if not counted:
@@ -401,7 +402,8 @@ def costs(title: str, records: Sequence[CaseRecord]) -> Table | None:
         flops = max(r.info.get("flops") or [0])
         expected_flops = max(r.info.get("flops_expected") or [0])
         state = max(s["total"] for s in r.info["state_bytes"])
-        formula = max(s["total"] for s in r.info["state_bytes_expected"]) if r.info.get("state_bytes_expected") else None
+        expected = expected_for(r.info)  # the formula as it stands (a run stored before a fix to it included)
+        formula = expected["total"] if expected else None
         table.rows.append([r.label(STRATEGY_ONLY), r.world_size, calls, bus, bus / ddp_bus if ddp_bus else None,
                            flops, flops / ddp_flops if ddp_flops else None,
                            flops / expected_flops if expected_flops else None, state, formula,
@@ -411,9 +413,36 @@ def costs(title: str, records: Sequence[CaseRecord]) -> Table | None:
                     "expects 1× DDP for stages 1–2 and 1.5× for stage 3",
                     "FLOPs: matrix products and convolutions one step runs on a rank (parabench/costs.py); "
                     "6Ψ·tokens is the rule of thumb (8Ψ·tokens where checkpointing recomputes the forward)",
-                    "formula: parabench/formulas.py (ZeRO paper accounting); state / formula off 1 by more than 1 % "
-                    "is named in the README's cost findings"]
+                    "formula: parabench/formulas.py (ZeRO paper accounting); where state / formula is off 1 by more "
+                    "than 1 % in a category, the cause explained there is given below, or the case is a finding"]
+    table.notes += _formula_deviations(counted)
     return table
+
+
+def _formula_deviations(records: Sequence[CaseRecord]) -> list[str]:
+    """One note per strategy and category off its formula by more than 1 %: the explanation in
+    ``parabench.formulas.EXPLAINED`` with the largest deviation seen, or, unexplained, a finding naming the cases."""
+    from parabench.formulas import EXPLAINED, deviations, expected_for
+
+    explained: dict[tuple[str, str], float] = {}
+    findings: dict[str, dict[str, float]] = {}
+    for r in records:
+        expected = expected_for(r.info)  # the formula as it stands, also for runs stored before a fix to it
+        if expected is None:
+            continue
+        for measured in r.info["state_bytes"]:
+            for category, change in deviations(measured, expected).items():
+                if category in EXPLAINED.get(r.strategy, {}):
+                    key = (r.strategy, category)
+                    explained[key] = max(explained.get(key, 0.0), change, key=abs)
+                else:
+                    findings.setdefault(r.label(), {})[category] = change
+    notes = [f"{strategy} {category} {change:+.1%} of the formula: {EXPLAINED[strategy][category]}"
+             for (strategy, category), change in sorted(explained.items()) if category != "total"]
+    notes += [f"finding (not explained in parabench/formulas.py): {label} "
+              + ", ".join(f"{category} {change:+.1%}" for category, change in off.items())
+              for label, off in sorted(findings.items())]
+    return notes
 
 
 def scaling(run: ReportRun) -> Table | None:
