@@ -89,6 +89,23 @@ def loaded():
     return {name: cls() for name, cls in TENSOR_WORKLOADS.items()}
 
 
+# The model sizes of the scaling module: Ψ from the configs (GPT2Config's and ViTConfig's defaults are GPT-2 small,
+# 124,439,808 with the LM head tied, and ViT-Base/16, 85.8 M with a 10-way head)
+SIZED_WORKLOADS = {"gpt2-text-3m": 3_241_472, "gpt2-124m-text": 124_439_808, "vit-base-digits": 85_806_346}
+
+
+@pytest.mark.parametrize("name", sorted(SIZED_WORKLOADS))
+def test_the_larger_sizes_build_from_their_configs_and_train_a_step(name):
+    workload = WORKLOADS.get(name)
+    torch.manual_seed(0)
+    model = workload.build_model()
+    assert sum(p.numel() for p in model.parameters()) == SIZED_WORKLOADS[name]
+    loss = workload.loss(model, workload.batch(torch.arange(2)))
+    assert loss.dim() == 0 and math.isfinite(loss.item())
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
