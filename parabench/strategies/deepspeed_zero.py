@@ -175,9 +175,12 @@ class DeepSpeedZero(Strategy):
         base = self.stepping_optimizer()
         master = [p for group in base.param_groups for p in group["params"]]
         # ZeRO-3 empties the optimizer's param_groups after each step (it puts each sub-group's fp32 partition in
-        # for its step only): its masters are read from the partitions themselves. In fp32 they are the parameters'
-        # own partitions (counted once, as params); in bf16/fp16 a separate fp32 copy.
-        master.extend(getattr(self.engine.optimizer, "fp32_partitioned_groups_flat", ()))
+        # for its step only): in bf16/fp16 its fp32 masters are read from the partitions themselves. In fp32 on CPU
+        # DeepSpeed 0.19.8 also keeps a separate fp32 flat copy (4Ψ/N, measured: its storage is not the
+        # parameters'); that is not counted yet (the formula's ZeRO-3 has no fp32 master)
+        dtypes = {p.dtype for p in params}
+        master.extend(t for t in getattr(self.engine.optimizer, "fp32_partitioned_groups_flat", ())
+                      if t.dtype not in dtypes)
         grads: list[object] = [p.grad for p in params] + [p.grad for p in master]
         for name in _GRADIENT_BUFFERS:
             grads.extend(_tensors(getattr(self.engine.optimizer, name, None)))
