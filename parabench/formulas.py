@@ -86,9 +86,11 @@ def expected_state(strategy: str, optimizer: str, precision: str, parameters: in
 
     ``between_steps``: what a rank holds between optimizer steps (where ``state_bytes`` is measured), without the
     gradients a framework releases after its step; False: the paper's model states during the step.
-    ``master_weights``: the strategy's ``Strategy.master_weights``. False in bf16/fp16 means autocast: the weights
-    and their gradients stay fp32 (4 bytes) and there is no master copy; True or None: 16-bit weights, with the
-    fp32 master the family keeps."""
+    ``master_weights``: the strategy's ``Strategy.master_weights`` (None: the registered strategy's). False in
+    bf16/fp16 means autocast: the weights and their gradients stay fp32 (4 bytes) and there is no master copy;
+    True: 16-bit weights, with the fp32 master the family keeps."""
+    if master_weights is None:
+        master_weights = master_weights_of(strategy)
     family, k = FAMILIES.get(strategy), optimizer_states(optimizer)
     options = options or {}
     if family is None or k is None or not parameters or precision not in PRECISION_BYTES or options.get("offload"):
@@ -110,11 +112,12 @@ def expected_state(strategy: str, optimizer: str, precision: str, parameters: in
     return expected
 
 
-def master_weights_of(strategy: str) -> bool | None:
-    """``Strategy.master_weights`` of a registered strategy (16-bit weights with fp32 masters, or autocast)."""
+def master_weights_of(strategy: str) -> bool:
+    """``Strategy.master_weights`` of a registered strategy (16-bit weights with fp32 masters, or autocast); True
+    for a name not registered (the family's own accounting)."""
     from parabench.strategies import STRATEGIES
 
-    return STRATEGIES.get(strategy).master_weights if strategy in STRATEGIES else None
+    return STRATEGIES.get(strategy).master_weights if strategy in STRATEGIES else True
 
 
 def expected_for(info: dict[str, Any]) -> dict[str, int] | None:
@@ -123,8 +126,13 @@ def expected_for(info: dict[str, Any]) -> dict[str, int] | None:
     if not info.get("parameters") or "strategy" not in case:
         return None
     return expected_state(case["strategy"], case["optimizer"], case["precision"], info["parameters"],
-                          case["world_size"], case.get("options") or {},
-                          master_weights=master_weights_of(case["strategy"]))
+                          case["world_size"], case.get("options") or {})
+
+
+def unexplained(strategy: str, measured: dict[str, int], expected: dict[str, int]) -> dict[str, float]:
+    """The categories beyond 1 % of the formula that ``EXPLAINED`` does not explain for ``strategy``: findings."""
+    return {name: change for name, change in deviations(measured, expected).items()
+            if name not in EXPLAINED.get(strategy, {})}
 
 
 # Deviations beyond 1 % of the formula that are explained: strategy → category → why (measured on gpt2-text, fp32,

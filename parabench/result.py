@@ -128,7 +128,7 @@ class CaseResult:
 
     def cost_expectations(self) -> dict[str, Any]:
         """Ψ, and what the formulas expect beside what was measured (``parabench.formulas``)."""
-        from parabench.formulas import deepspeed_estimate, expected_state, master_weights_of
+        from parabench.formulas import deepspeed_estimate, expected_state
 
         first = self.ranks[0]
         if first.parameters is None:
@@ -136,14 +136,14 @@ class CaseResult:
         case = self.case
         out: dict[str, Any] = {"parameters": first.parameters}
         expected = expected_state(case.strategy, case.optimizer, case.precision, first.parameters, case.world_size,
-                                  dict(case.options), master_weights=master_weights_of(case.strategy))
+                                  dict(case.options))
         if expected is not None:
-            from parabench.formulas import EXPLAINED, deviations
+            from parabench.formulas import unexplained
 
             out["state_bytes_expected"] = [expected for _ in self.ranks]
             # beyond 1 % of the formula on some rank, and not explained in parabench.formulas: a finding
-            found = {name: change for r in self.ranks for name, change in deviations(r.state_bytes, expected).items()
-                     if name not in EXPLAINED.get(case.strategy, {})}
+            found = {name: change for r in self.ranks
+                     for name, change in unexplained(case.strategy, r.state_bytes, expected).items()}
             if found:
                 out["state_formula_findings"] = found
         estimate = deepspeed_estimate(case.strategy, first.parameters, first.largest_layer or 0, case.world_size)
@@ -158,4 +158,3 @@ class CaseResult:
     def to_dict(self) -> dict[str, Any]:
         return {"case": self.case.to_dict(), "ranks": [asdict(r) for r in self.ranks],
                 "environment": self.environment, "wall_seconds": self.wall_seconds}
-

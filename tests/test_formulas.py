@@ -87,19 +87,17 @@ def test_every_committed_measurement_is_within_one_percent_of_its_formula_or_exp
     """The committed baselines' state per rank against the formulas as they stand: each deviation beyond 1 %
     is explained in parabench.formulas.EXPLAINED (a deviation that is not is a finding: fix the formula, the
     measurement, or explain it)."""
-    from parabench.formulas import EXPLAINED, expected_for
+    from parabench.formulas import expected_for, unexplained
 
     checked, found = 0, {}
     for name, info in _newest_measurements():
-        case = info["case"]
         expected = expected_for(info)
         if expected is None:
             continue
         checked += 1
         for rank, measured in enumerate(info["state_bytes"]):
-            off = {k: round(v, 4) for k, v in deviations(measured, expected).items()
-                   if k not in EXPLAINED.get(case["strategy"], {})}
+            off = unexplained(info["case"]["strategy"], measured, expected)
             if off:
-                found[f"{name} rank {rank}"] = off
+                found[f"{name} rank {rank}"] = {k: round(v, 4) for k, v in off.items()}
     assert checked >= 100, f"only {checked} committed cases have a formula"
     assert not found, found
