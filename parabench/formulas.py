@@ -129,10 +129,18 @@ def expected_for(info: dict[str, Any]) -> dict[str, int] | None:
                           case["world_size"], case.get("options") or {})
 
 
+def split_deviations(strategy: str, measured: dict[str, int],
+                     expected: dict[str, int]) -> tuple[dict[str, float], dict[str, float]]:
+    """The categories beyond 1 % of the formula, as (explained by ``EXPLAINED`` for ``strategy``, unexplained)."""
+    off = deviations(measured, expected)
+    known = EXPLAINED.get(strategy, {})
+    return ({name: change for name, change in off.items() if name in known},
+            {name: change for name, change in off.items() if name not in known})
+
+
 def unexplained(strategy: str, measured: dict[str, int], expected: dict[str, int]) -> dict[str, float]:
     """The categories beyond 1 % of the formula that ``EXPLAINED`` does not explain for ``strategy``: findings."""
-    return {name: change for name, change in deviations(measured, expected).items()
-            if name not in EXPLAINED.get(strategy, {})}
+    return split_deviations(strategy, measured, expected)[1]
 
 
 # Deviations beyond 1 % of the formula that are explained: strategy → category → why (measured on gpt2-text, fp32,

@@ -422,7 +422,7 @@ def costs(title: str, records: Sequence[CaseRecord]) -> Table | None:
 def _formula_deviations(records: Sequence[CaseRecord]) -> list[str]:
     """One note per strategy and category off its formula by more than 1 %: the explanation in
     ``parabench.formulas.EXPLAINED`` with the largest deviation seen, or, unexplained, a finding naming the cases."""
-    from parabench.formulas import EXPLAINED, deviations, expected_for
+    from parabench.formulas import EXPLAINED, expected_for, split_deviations
 
     explained: dict[tuple[str, str], float] = {}
     findings: dict[str, dict[str, float]] = {}
@@ -431,12 +431,12 @@ def _formula_deviations(records: Sequence[CaseRecord]) -> list[str]:
         if expected is None:
             continue
         for measured in r.info["state_bytes"]:
-            for category, change in deviations(measured, expected).items():
-                if category in EXPLAINED.get(r.strategy, {}):
-                    key = (r.strategy, category)
-                    explained[key] = max(explained.get(key, 0.0), change, key=abs)
-                else:
-                    findings.setdefault(r.label(), {})[category] = change
+            known, off = split_deviations(r.strategy, measured, expected)
+            for category, change in known.items():
+                key = (r.strategy, category)
+                explained[key] = max(explained.get(key, 0.0), change, key=abs)
+            if off:
+                findings.setdefault(r.label(), {}).update(off)
     notes = [f"{strategy} {category} {change:+.1%} of the formula: {EXPLAINED[strategy][category]}"
              for (strategy, category), change in sorted(explained.items()) if category != "total"]
     notes += [f"finding (not explained in parabench/formulas.py): {label} "
