@@ -3,6 +3,13 @@
 A profile is data: the marks and case-id patterns it leaves out, optionally on top of another profile's.
 ``slow_bf16`` names the bf16 cases that still run on a host whose bf16 kernels are slow (see
 ``parabench.hostspeed``); every other bf16 case of the profile is skipped there, with the reason.
+
+Patterns (``exclude``, ``bf16_on_slow_hosts``) are fnmatch patterns over node ids, which read
+``HEAD[CASE]`` (``bench/test_x.py::test_train[deepspeed-zero1-adamw-gpt2_text-w2-fp32-ga2]``). The first
+``[`` of a pattern is the node id's own ``[``: the part before it matches ``HEAD`` and the part after it
+matches ``CASE]``, where brackets are fnmatch classes (``deepspeed-zero[01]-*``) and a ``]`` outside a class
+is the node id's closing one (``*-offload]`` ends there). A pattern without ``[`` matches the whole node id
+(``bench/test_scaling.py::*``, ``*vit_digits*``). ``[[]`` is a literal ``[`` inside the case id.
 """
 
 from __future__ import annotations
@@ -41,8 +48,17 @@ class Profile:
 
 
 def matches(nodeid: str, pattern: str) -> bool:
-    """``*`` and ``?`` are wildcards; brackets are literal (a node id's ``[case id]``), unlike in fnmatch."""
-    return fnmatch.fnmatchcase(nodeid, pattern.replace("[", "[[]"))
+    """Whether ``pattern`` matches ``nodeid``: its first ``[`` is the node id's, later brackets are classes.
+
+    ``test_train[deepspeed-zero[01]-*`` matches ``test_train[deepspeed-zero0-…]`` and ``…zero1-…]``, and a
+    pattern with ``[`` never matches a node id without one (a test that is not parametrized).
+    """
+    if "[" not in pattern:
+        return fnmatch.fnmatchcase(nodeid, pattern)
+    pattern_head, _, pattern_case = pattern.partition("[")
+    # The head of a node id (path::test) holds no '[', so its first one opens the case id.
+    head, bracket, case = nodeid.partition("[")
+    return bool(bracket) and fnmatch.fnmatchcase(head, pattern_head) and fnmatch.fnmatchcase(case, pattern_case)
 
 
 @dataclass(frozen=True)
@@ -118,7 +134,8 @@ def load_profiles(path: str | Path) -> Profiles:
 
 def _strings(path: Path, where: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ProfileError(f"{path}: {where} = {value!r}; it takes a list of non-empty strings (fnmatch patterns)")
+        raise ProfileError(f"{path}: {where} = {value!r}; it takes a list of non-empty strings (node id "
+                           f"patterns: see parabench/profiles.py)")
     return tuple(value)
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from parabench.profiles import ProfileError, load_profiles
+from parabench.profiles import ProfileError, load_profiles, matches
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = load_profiles(REPO / "bench" / "profiles.toml")
@@ -27,6 +29,48 @@ def test_exclusions_match_node_ids_and_marks():
     assert default.excludes("bench/test_torch_strategies.py::test_train[torch-ddp-adamw-gpt2_text-w4-fp32]", {"full"})
     assert not default.excludes("bench/test_torch_strategies.py::test_train[torch-ddp-adamw-gpt2_text-w2-fp32]",
                                 {"torch", "parametrize"})
+
+
+@pytest.mark.parametrize("pattern,nodeid,expected", [
+    # Classes inside the case id: [01] is ZeRO-0 or ZeRO-1, not ZeRO-2.
+    ("b.py::t[deepspeed-zero[01]-*-ga2*", "b.py::t[deepspeed-zero0-adamw-gpt2_text-w2-fp32-ga2]", True),
+    ("b.py::t[deepspeed-zero[01]-*-ga2*", "b.py::t[deepspeed-zero1-adamw-gpt2_text-w2-fp32-ga2]", True),
+    ("b.py::t[deepspeed-zero[01]-*-ga2*", "b.py::t[deepspeed-zero2-adamw-gpt2_text-w2-fp32-ga2]", False),
+    ("b.py::t[deepspeed-zero[!01]-*", "b.py::t[deepspeed-zero2-adamw-gpt2_text-w2-fp32]", True),
+    # The pattern's lone ']' is the node id's closing one: the case id must end there.
+    ("b.py::t[*-offload]", "b.py::t[deepspeed-zero1-adamw-gpt2_text-w2-fp32-offload]", True),
+    ("b.py::t[*-offload]", "b.py::t[deepspeed-zero3-adamw-gpt2_text-w2-fp32-offload-offload_param]", False),
+    ("b.py::t[deepspeed-zero[13]-*-offload]", "b.py::t[deepspeed-zero2-adamw-gpt2_text-w2-fp32-offload]", False),
+    # The first '[' is the node id's: the head must match the whole of path::test.
+    ("b.py::t[*", "b.py::test_t[x]", False),
+    ("b.py::t[*", "b.py::t", False),
+    ("*[*", "b.py::t", False),
+    # Without '[', the whole node id, its brackets included.
+    ("b.py::*", "b.py::t[x]", True),
+    ("*vit_digits*", "b.py::t[single-adamw-vit_digits-w1-bf16]", True),
+    ("*vit_digits", "b.py::t[single-adamw-vit_digits-w1-bf16]", False),
+    # '[[]' is a '[' inside the case id.
+    ("b.py::t[a[[]1]]", "b.py::t[a[1]]", True),
+])
+def test_a_pattern_splits_at_its_first_bracket_and_classes_work_in_the_case_id(pattern, nodeid, expected):
+    assert matches(nodeid, pattern) is expected
+
+
+def test_every_pattern_of_every_profile_matches_a_collected_case():
+    """A pattern that matches nothing leaves its cases in the profile it was written to trim."""
+    collected = subprocess.run(
+        [sys.executable, "-m", "pytest", "bench/", "--collect-only", "-q", "--bench-profile=full",
+         "-p", "no:cacheprovider"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert collected.returncode == 0, f"collecting bench/ failed:\n{collected.stdout[-3000:]}{collected.stderr[-3000:]}"
+    nodeids = [line.strip() for line in collected.stdout.splitlines() if line.startswith("bench/") and "::" in line]
+    assert len(nodeids) > 100, f"collected only {len(nodeids)} node ids:\n{collected.stdout[-3000:]}"
+    dead = [f"profile {profile.name}: {key} pattern {pattern!r}"
+            for profile in PROFILES.profiles.values()
+            for key, patterns in (("exclude", profile.exclude), ("bf16_on_slow_hosts", profile.bf16_on_slow_hosts))
+            for pattern in patterns or ()
+            if not any(matches(nodeid, pattern) for nodeid in nodeids)]
+    assert not dead, ("patterns in bench/profiles.toml that match no case collected under --bench-profile=full "
+                      "(fix them to match the cases they mean, or remove them):\n" + "\n".join(dead))
 
 
 def test_an_unknown_profile_names_the_known_ones():
