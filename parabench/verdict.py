@@ -15,6 +15,7 @@ from typing import Sequence
 from scipy.stats import mannwhitneyu
 
 from parabench.checks import Tolerance, first_divergence
+from parabench.known import drift_beyond
 
 
 class Verdict(str, enum.Enum):
@@ -184,7 +185,9 @@ def judge_parity(baseline: dict | None, now: dict) -> Judgement:
     """The stored parity check against the one-process reference (an absolute rule, per precision).
 
     A case that left the reference in its baseline too (a known deviation, run as a strict xfail)
-    is unchanged while it still does, and improved when it stops.
+    is unchanged while its drift now is within the baseline's (``known.drift_beyond``: its max |Δ| by
+    ``known.DRIFT_MARGIN``, and no earlier first step off), regressed beyond that, and improved when it
+    stops leaving the reference.
     """
     gap = f"max |Δ| {now['max_abs_difference']:.2e}"
     before = f"max |Δ| {baseline['max_abs_difference']:.2e}" if baseline else ""
@@ -194,9 +197,14 @@ def judge_parity(baseline: dict | None, now: dict) -> Judgement:
         return Judgement(Verdict.IMPROVED if failed_before else Verdict.UNCHANGED, before, gap,
                          detail=f"within {rule}")
     if failed_before:
-        return Judgement(Verdict.UNCHANGED, before, gap, detail=f"left the reference in the baseline too (step "
-                                                             f"{baseline['first_divergence']}; now step "
-                                                             f"{now['first_divergence']})")
+        beyond = drift_beyond(baseline["max_abs_difference"], baseline["first_divergence"],
+                              now["max_abs_difference"], now["first_divergence"])
+        both = (f"left the reference in the baseline too (from step {baseline['first_divergence']}, max |Δ| "
+                f"{baseline['max_abs_difference']:.3e}; now from step {now['first_divergence']}, max |Δ| "
+                f"{now['max_abs_difference']:.3e})")
+        if beyond is not None:
+            return Judgement(Verdict.REGRESSED, before, gap, detail=f"{both}, and further now: {beyond}")
+        return Judgement(Verdict.UNCHANGED, before, gap, detail=both)
     return Judgement(Verdict.REGRESSED, before, gap,
                      detail=f"left the reference {now['reference']} at step {now['first_divergence']} ({rule})")
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from parabench.known import DRIFT_MARGIN
 from parabench.verdict import (BytesRule, CurveRule, TimeRule, Verdict, judge_bytes, judge_curve, judge_parity,
                                judge_time)
 
@@ -136,6 +137,19 @@ def test_parity_regresses_when_the_check_starts_to_fail_and_a_known_failure_stay
     assert judgement.verdict is Verdict.REGRESSED and "at step 1" in judgement.detail
     assert judge_parity(bad, bad).verdict is Verdict.UNCHANGED  # a known deviation (strict xfail)
     assert judge_parity(bad, good).verdict is Verdict.IMPROVED
+
+
+def test_a_known_deviation_that_drifts_further_or_earlier_than_in_its_baseline_regresses():
+    # fairscale-sdp-adamw-gpt2_text-w2-fp32 as measured (parabench/known.py): 3.06e-2 from step 2.
+    before = {"reference": "single-adamw-gpt2_text-w1-fp32", "atol": 1e-5, "rtol": 0.0,
+              "max_abs_difference": 3.06e-2, "first_divergence": 2}
+    within = {**before, "max_abs_difference": 3.06e-2 * (1 + DRIFT_MARGIN), "first_divergence": 3}
+    assert judge_parity(before, within).verdict is Verdict.UNCHANGED
+    doubled = judge_parity(before, {**before, "max_abs_difference": 6.12e-2})
+    assert doubled.verdict is Verdict.REGRESSED
+    assert "max |Δ| 3.060e-02" in doubled.detail and "max |Δ| 6.120e-02" in doubled.detail
+    earlier = judge_parity(before, {**before, "first_divergence": 1})
+    assert earlier.verdict is Verdict.REGRESSED and "first step off 1, before step 2" in earlier.detail
 
 
 def test_an_absolute_byte_floor_covers_tiny_peaks_and_nothing_beyond():
