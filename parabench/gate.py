@@ -19,7 +19,21 @@ from parabench.policy import Policy, Rules
 from parabench.verdict import (Judgement, Verdict, judge_bytes_range, judge_comm, judge_curve, judge_flops, judge_parity,
                                judge_time)
 
-REPORT_FORMAT = 1
+REPORT_FORMAT = 2
+
+# Why something that should have been judged was not. Each makes the gate fail ("fail closed") unless the run
+# excuses it by name (``--bench-gate-allow=REASON``); the fix is said in each row.
+UNJUDGED_REASONS: dict[str, str] = {
+    "nothing-gated": "no case of this run had a baseline of this machine key (a new host kind or device: record "
+                     "baselines there first)",
+    "missing": "a case with a baseline on this machine was selected and produced no result",
+    "skipped": "a case with a baseline on this machine was skipped because this environment lacks what it needs "
+               "(a package, a device, ranks, a kernel)",
+    "not-comparable": "a case with a baseline on this machine was stored under another key (steps, data, threads, "
+                      "pinning, launch, versions under [key] versions = \"equal\")",
+    "metric-missing": "a metric the baseline has and this run lacks",
+    "time-spread": "step time was to be judged, but the stored runs spread too much for a useful threshold",
+}
 
 
 @dataclass(frozen=True)
@@ -32,11 +46,12 @@ class Row:
     change: float | None = None
     detail: str = ""
     source: str = ""   # the stored file the baseline came from
+    reason: str = ""   # why it was not judged (a key of UNJUDGED_REASONS), where it should have been
 
     @classmethod
-    def of(cls, name: str, metric: str, judgement: Judgement, source: str = "") -> "Row":
+    def of(cls, name: str, metric: str, judgement: Judgement, source: str = "", reason: str = "") -> "Row":
         return cls(name, metric, judgement.verdict, judgement.baseline, judgement.now, judgement.change,
-                   judgement.detail, source)
+                   judgement.detail, source, reason)
 
 
 @dataclass
@@ -47,15 +62,41 @@ class GateReport:
     # What the two columns hold: a stored baseline and this run, or an A/B session's base and head sides.
     labels: tuple[str, str] = ("baseline", "now")
     sides: dict[str, Any] | None = None  # A/B: each side's interpreter, tree and versions (``parabench.ab``)
+    allowed: frozenset[str] = frozenset()  # the UNJUDGED_REASONS this run excuses (--bench-gate-allow)
+    # False for an A/B session, whose head/base rows are judged as they come (no store to be complete against)
+    fail_closed: bool = True
 
     @property
     def regressions(self) -> list[Row]:
         return [row for row in self.rows if row.verdict is Verdict.REGRESSED]
 
+    @property
+    def unjudged(self) -> list[Row]:
+        """Rows that should have been judged and were not, and are not excused: each fails the gate."""
+        return [row for row in self.rows if row.reason and row.reason not in self.allowed and self.fail_closed]
+
+    @property
+    def nothing_gated(self) -> bool:
+        """No case was judged at all (an empty selection, an empty store, a new host kind), and it is not excused."""
+        return self.fail_closed and not self.judged_cases() and "nothing-gated" not in self.allowed
+
+    @property
+    def failed(self) -> bool:
+        """The gate says no: a regression, something unjudged that is not excused, or nothing judged."""
+        return bool(self.regressions or self.unjudged or self.nothing_gated)
+
+    def excused(self) -> dict[str, int]:
+        """The opt-outs this run used: reason → how many rows it excused (``nothing-gated``: 1 when it applied)."""
+        used = Counter(row.reason for row in self.rows if row.reason and row.reason in self.allowed)
+        if "nothing-gated" in self.allowed and not self.judged_cases():
+            used["nothing-gated"] += 1
+        return dict(used)
+
     def counts(self) -> dict[str, int]:
-        """Cases by their worst verdict (regressed > not comparable > missing > new > improved > unchanged)."""
-        order = [Verdict.REGRESSED, Verdict.NOT_COMPARABLE, Verdict.MISSING, Verdict.NEW, Verdict.IMPROVED,
-                 Verdict.UNCHANGED]
+        """Cases by their worst verdict (regressed > unjudged > not comparable > missing > new > improved >
+        unchanged)."""
+        order = [Verdict.REGRESSED, Verdict.UNJUDGED, Verdict.NOT_COMPARABLE, Verdict.MISSING, Verdict.NEW,
+                 Verdict.IMPROVED, Verdict.UNCHANGED]
         worst: dict[str, int] = {}
         for row in self.rows:
             if row.verdict in order:
@@ -69,13 +110,29 @@ class GateReport:
 
     def summary(self) -> str:
         counts = ", ".join(f"{n} {v}" for v, n in self.counts().items()) or "no cases"
+        parts = []
         if self.regressions:
-            verdict = f"{len({r.name for r in self.regressions})} case(s) REGRESSED"
-        elif not self.judged_cases():
-            verdict = "NOTHING GATED"
-        else:
-            verdict = "no regression"
+            parts.append(f"{len({r.name for r in self.regressions})} case(s) REGRESSED")
+        if self.unjudged:
+            parts.append(f"{len({r.name for r in self.unjudged})} case(s) UNJUDGED")
+        if not self.judged_cases():
+            parts.append("NOTHING GATED" + (" (excused: --bench-gate-allow=nothing-gated)"
+                                            if self.fail_closed and not self.nothing_gated else ""))
+        verdict = ", ".join(parts) or "no regression"
         return f"parabench gate: {verdict} ({counts}; cases by their worst metric)"
+
+    def unjudged_lines(self) -> list[str]:
+        """One line per unjudged row and what to do, then the opt-outs used, for the end of a CI log."""
+        lines = [f"UNJUDGED {r.name} {r.metric}: {r.detail} [--bench-gate-allow={r.reason} excuses it]"
+                 for r in self.unjudged]
+        if self.nothing_gated:
+            lines.append(f"UNJUDGED: nothing was gated ({UNJUDGED_REASONS['nothing-gated']}) "
+                         f"[--bench-gate-allow=nothing-gated excuses it]")
+        used = self.excused()
+        if used:
+            lines.append("opt-outs used: " + ", ".join(f"--bench-gate-allow={reason} ({count} excused)"
+                                                       for reason, count in sorted(used.items())))
+        return lines
 
     def ungated(self) -> str | None:
         """Why nothing, or only part of the run, was judged; None when every case was.
@@ -118,6 +175,7 @@ class GateReport:
 
     def to_json(self) -> str:
         return json.dumps({"format": REPORT_FORMAT, "summary": self.summary(), "regressed": bool(self.regressions),
+                           "failed": self.failed, "unjudged": len(self.unjudged), "excused": self.excused(),
                            "gated_cases": len(self.judged_cases()), "ungated": self.ungated(),
                            "injected": self.injected, "counts": self.counts(), "notes": self.notes,
                            "columns": list(self.labels), **({"sides": self.sides} if self.sides else {}),
@@ -134,6 +192,8 @@ class GateReport:
         lines += [f"- {note}" for note in self.notes] + ([""] if self.notes or self.sides else [])
         if self.ungated():
             lines += [f"**{self.ungated()}**", ""]
+        if self.unjudged or self.nothing_gated or self.excused():
+            lines += ["### Not judged", ""] + [f"- {line}" for line in self.unjudged_lines()] + [""]
         if self.regressions:
             lines += ["### Regressions", "", tabulate([[r.name, r.metric, r.baseline, r.now, _percent(r.change),
                                                         r.detail] for r in self.regressions],
@@ -146,16 +206,33 @@ class GateReport:
 
 
 def compare(now: Sequence[Mapping[str, Any]], stored: Iterable[StoredRun], policy: Policy,
-            expected: Iterable[str] = (), injected: str | None = None, judge_time: bool = True) -> GateReport:
+            expected: Iterable[str] = (), injected: str | None = None, judge_time: bool = True,
+            machine: tuple[str, str] | None = None, skipped: Mapping[str, str] | None = None,
+            allowed: Iterable[str] = ()) -> GateReport:
     """Judge each benchmark in ``now`` against the newest stored one of the same name and machine key.
 
     ``now`` holds dicts with ``name`` and ``extra_info``; ``expected`` names the benchmarks this session
-    selected, so one with a comparable baseline but no result now is reported as missing. With
-    ``judge_time=False`` step time is reported with the verdict it would get, but not judged.
+    selected, so one with a baseline on this machine but no result now is "missing"; ``skipped`` maps the
+    benchmarks this environment could not run (a package, device or ranks missing) to the reason, so one with a
+    baseline on this machine is "unjudged". ``machine`` is this run's (device, hardware name), for which stored
+    runs count as "on this machine" (default: those of this run's results). Each of those fails the gate unless
+    its reason is in ``allowed`` (``UNJUDGED_REASONS``). With ``judge_time=False`` step time is reported with the
+    verdict it would get, but not judged.
     """
-    report = GateReport(injected=injected)
+    unknown = sorted(set(allowed) - set(UNJUDGED_REASONS))
+    if unknown:
+        raise ValueError(f"unknown --bench-gate-allow reason(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(UNJUDGED_REASONS)}")
+    report = GateReport(injected=injected, allowed=frozenset(allowed))
     history = newest_by_name(stored)
     measured = {bench["name"] for bench in now}
+    here = {machine} if machine else {(b["extra_info"].get("device"), _hardware(b["extra_info"])) for b in now
+                                      if "case" in b["extra_info"]}
+
+    def on_this_machine(name: str) -> list:
+        return [(run, old) for run, old in history.get(name, [])
+                if not here or (old["extra_info"].get("device"), _hardware(old["extra_info"])) in here]
+
     # With versions = "compare" the library versions leave the key: a stored run of other versions is compared
     # (the runs of this run's versions first, if any), and every row of such a case names what differs.
     fields = tuple(f for f in policy.key_fields if f != "versions" or policy.versions == "equal")
@@ -176,9 +253,10 @@ def compare(now: Sequence[Mapping[str, Any]], stored: Iterable[StoredRun], polic
             equal = [entry for entry, versions in zip(same, stored_versions) if versions == target]
             rules = policy.rules(info["case"]["id"], info.get("device", "cpu"))
             pooled = [old["extra_info"] for _, old in equal[:rules.time_history]]
-            rows = judge_case(bench["name"], pooled, info, rules, equal[0][0].path)
-            if not judge_time and rows[0].verdict is not Verdict.INFO:
-                rows[0] = replace(rows[0], verdict=Verdict.INFO,
+            rows = judge_case(bench["name"], pooled, info, rules, equal[0][0].path,
+                              costs_from=[(run.path, old["extra_info"]) for run, old in equal])
+            if not judge_time and rows[0].verdict is not Verdict.INFO and rows[0].metric.startswith("step time"):
+                rows[0] = replace(rows[0], verdict=Verdict.INFO, reason="",
                                   detail=f"reported, not judged: by the policy {rows[0].verdict.value}; {rows[0].detail}")
             changed = version_changes(_versions(pooled[0], policy), mine)
             if changed:
@@ -189,17 +267,30 @@ def compare(now: Sequence[Mapping[str, Any]], stored: Iterable[StoredRun], polic
             run, old = candidates[0]
             other = machine_key(old["extra_info"], policy.key_fields, policy.ignore_packages)
             full = machine_key(info, policy.key_fields, policy.ignore_packages)
-            report.rows.append(Row(bench["name"], "all", Verdict.NOT_COMPARABLE, detail="stored under another "
-                                   "machine key: " + "; ".join(key_differences(other, full)), source=run.path))
+            differences = "; ".join(key_differences(other, full))
+            mine = on_this_machine(bench["name"])
+            if mine:
+                # A baseline of this very machine exists, under other settings: this case was not judged.
+                report.rows.append(Row(bench["name"], "all", Verdict.NOT_COMPARABLE, detail=(
+                    f"stored on this machine under another key: {differences}; run with the stored settings, or "
+                    f"record a baseline with these ({RECORD_HINT})"), source=mine[0][0].path, reason="not-comparable"))
+            else:
+                report.rows.append(Row(bench["name"], "all", Verdict.NOT_COMPARABLE,
+                                       detail="stored under another machine key: " + differences, source=run.path))
         else:
             report.rows.append(Row(bench["name"], "all", Verdict.NEW, detail="no stored baseline"))
-    here = {(b["extra_info"].get("device"), _hardware(b["extra_info"])) for b in now if "case" in b["extra_info"]}
-    for name in sorted(set(expected) - measured):
-        entries = [(run, old) for run, old in history.get(name, [])
-                   if not here or (old["extra_info"].get("device"), _hardware(old["extra_info"])) in here]
+    for name, why in sorted((skipped or {}).items()):
+        entries = on_this_machine(name)
+        if entries and name not in measured:
+            report.rows.append(Row(name, "all", Verdict.UNJUDGED, detail=(
+                f"has a baseline on this machine but was skipped: {why}; install what it names (a broken install or "
+                f"upgrade looks like this)"), source=entries[0][0].path, reason="skipped"))
+    for name in sorted(set(expected) - measured - set(skipped or {})):
+        entries = on_this_machine(name)
         if entries:
             report.rows.append(Row(name, "all", Verdict.MISSING, detail="selected and stored, but no result now "
-                                   "(failed, skipped or errored: see the test report)", source=entries[0][0].path))
+                                   "(failed, skipped or errored: see the test report)", source=entries[0][0].path,
+                                   reason="missing"))
     for changed, count in across.most_common():
         report.notes.append(f"compared across library versions ({changed}, stored → now): {count} case(s); the loss "
                             f"curve is reported there, not judged (parity with one process checks correctness); "
@@ -227,8 +318,13 @@ def _across_versions(row: Row, changed: str) -> Row:
     return replace(row, detail=f"{row.detail}; versions differ ({changed})")
 
 
+# The judged metrics whose absence now, where the baseline has them, leaves the case unjudged ("metric-missing").
+# rss_bytes and cuda_max_reserved_bytes are information only.
+JUDGED_BYTES = ("state_bytes", "peak_allocated_bytes")
+
+
 def judge_case(name: str, baselines: Sequence[Mapping[str, Any]], now: Mapping[str, Any], rules: Rules,
-               source: str = "") -> list[Row]:
+               source: str = "", costs_from: Sequence[tuple[str, Mapping[str, Any]]] | None = None) -> list[Row]:
     """Every metric of one case against its stored runs of the same machine key, newest first.
 
     Step times pool the samples of up to ``rules.time_history`` stored runs (one run's median is
@@ -236,9 +332,13 @@ def judge_case(name: str, baselines: Sequence[Mapping[str, Any]], now: Mapping[s
     takes one of a few values from run to run (which asynchronous gather landed first, which bucket was
     reused) is a regression only above the highest stored one, beyond the tolerance, and an improvement
     only below the lowest. State bytes and the loss curve are deterministic and compared with the newest.
+    Collectives and FLOPs are compared with the newest of ``costs_from`` (source, extra_info; default the
+    baselines) that counted them. A judged metric the baseline has and this run lacks is "unjudged".
     """
     baseline = baselines[0]
     rows = [Row.of(name, f"step time ({rules.time_basis})", _judge_step_time(baselines, now, rules), source)]
+    if rows[0].verdict is Verdict.UNJUDGED:
+        rows[0] = replace(rows[0], reason="time-spread")
     for metric in ("state_bytes", "peak_allocated_bytes", "cuda_max_reserved_bytes", "rss_bytes"):
         after = _per_rank_bytes(now, metric)
         pooled = baselines if metric == "peak_allocated_bytes" else baselines[:1]
@@ -250,34 +350,67 @@ def judge_case(name: str, baselines: Sequence[Mapping[str, Any]], now: Mapping[s
             detail = f"{worst.detail}; worst of {len(judgements)} ranks: rank {rank}"
             rows.append(Row.of(name, metric, Judgement(worst.verdict, worst.baseline, worst.now, worst.change,
                                                        detail), source))
-    rows += _cost_rows(name, baseline, now, rules, source)
+        elif metric in JUDGED_BYTES and _per_rank_bytes(baseline, metric) and not rules.memory[metric].informational:
+            rows.append(_metric_missing(name, metric, f"{len(_per_rank_bytes(baseline, metric))} ranks",
+                                        f"{len(after)} ranks" if after else "none", source))
+    rows += _cost_rows(name, costs_from or [(source, info) for info in baselines], now, rules)
     rows.append(Row.of(name, "loss curve", judge_curve(baseline["loss"], now["loss"], rules.loss), source))
     if "parity" in now:
         rows.append(Row.of(name, "parity", judge_parity(baseline.get("parity"), now["parity"]), source))
+    elif baseline.get("parity"):
+        rows.append(_metric_missing(name, "parity", "checked", "none", source))
     return rows
 
 
-def _cost_rows(name: str, baseline: Mapping[str, Any], now: Mapping[str, Any], rules: Rules,
-               source: str) -> list[Row]:
-    """One step's collectives and FLOPs per rank against the newest stored run's (where both counted them)."""
+def _metric_missing(name: str, metric: str, baseline: str, now: str, source: str) -> Row:
+    return Row(name, metric, Verdict.UNJUDGED, baseline, now, detail=(
+        f"the baseline has {metric} and this run has {'none' if now == 'none' else 'another shape: ' + now}: "
+        "a measurement the suite used to make was not made (an option that turns it off, a broken probe)"),
+        source=source, reason="metric-missing")
+
+
+def _cost_rows(name: str, history: Sequence[tuple[str, Mapping[str, Any]]], now: Mapping[str, Any],
+               rules: Rules) -> list[Row]:
+    """One step's collectives and FLOPs per rank against the newest stored run that counted them."""
     from parabench.policy import COST_METRICS
     from parabench.verdict import BytesRule
 
     cost = rules.cost or {metric: BytesRule() for metric in COST_METRICS}
     rows = []
     for metric, judge in (("comm", judge_comm), ("flops", judge_flops)):
-        before, after = baseline.get(metric), now.get(metric)
-        if not before or not after or len(before) != len(after) or None in before or None in after:
+        label = "comm bus bytes" if metric == "comm" else "flops"
+        after = now.get(metric)
+        counted = [(source, info[metric]) for source, info in history if _counted(info.get(metric))]
+        if not _counted(after):
+            if counted:
+                rows.append(_metric_missing(name, label, "counted", "none", counted[0][0]))
+            continue
+        if not counted:
+            rows.append(Row(name, label, Verdict.INFO, now="counted", detail=(
+                f"not judged: none of the {len(history)} stored run(s) of this key counted it (stored before the "
+                f"suite counted costs); {RECORD_HINT}"), source=history[0][0] if history else ""))
+            continue
+        source, before = counted[0]
+        if len(before) != len(after):
+            rows.append(Row(name, label, Verdict.NOT_COMPARABLE, detail=f"{len(before)} ranks stored, {len(after)} "
+                                                                       f"now", source=source))
             continue
         judgements = [judge(b, a, cost[metric]) for b, a in zip(before, after)]
         rank, worst = max(enumerate(judgements), key=lambda item: _severity(item[1]))
-        rows.append(Row.of(name, "comm bus bytes" if metric == "comm" else "flops",
-                           replace(worst, detail=f"{worst.detail}; worst of {len(judgements)} ranks: rank {rank}"),
-                           source))
+        newest = "" if source == history[0][0] else f"; from {source.rsplit('/', 1)[-1]}, the newest run that counted it"
+        rows.append(Row.of(name, label, replace(worst, detail=f"{worst.detail}; worst of {len(judgements)} ranks: "
+                                                              f"rank {rank}{newest}"), source))
     return rows
 
 
+def _counted(values: Any) -> bool:
+    return bool(values) and None not in values
+
+
 def _judge_step_time(baselines: Sequence[Mapping[str, Any]], now: Mapping[str, Any], rules: Rules) -> Judgement:
+    """Step time against the pooled stored runs, at the policy's threshold or the spread of those runs' medians
+    × ``spread_factor`` if larger, printed in the row; where that exceeds ``max_threshold`` the stored runs cannot
+    judge it (``Verdict.UNJUDGED``: use --bench-ab, which compares both sides in one session)."""
     forced = [info.get("hardware", {}).get("kernels_forced") for info in baselines]
     forced_now = now.get("hardware", {}).get("kernels_forced")
     if any(f != forced_now for f in forced):
@@ -285,30 +418,36 @@ def _judge_step_time(baselines: Sequence[Mapping[str, Any]], now: Mapping[str, A
         return Judgement(Verdict.INFO, detail=f"not judged: the baseline ran with kernels forced "
                                               f"({_forced(forced[0])}), this run {_forced(forced_now)}; its memory, "
                                               f"loss and parity are compared, its speed belongs to another CPU")
-    before = [s for info in baselines for s in info["step_seconds"]]
-    after = now["step_seconds"]
-    rule, pooled = rules.time, f"; baseline: {len(baselines)} stored run(s)"
-    medians = [statistics.median(info["step_seconds"]) for info in baselines]
-    spread = max(medians) / min(medians) - 1
-    if rules.time_spread_factor * spread > rule.threshold:
-        # A case whose stored runs disagree by 20 % cannot be judged at 8 %: Megatron-style, the
-        # tolerance comes from repeat runs.
-        rule = replace(rule, threshold=min(0.95, rules.time_spread_factor * spread))
-        pooled += f" whose medians spread {spread:.1%}, so the threshold is {rule.threshold:.0%}"
-    absolute = judge_time(before, after, rule)
     scales = [info.get("calibration_seconds") for info in baselines]
     scale_now = now.get("calibration_seconds")
-    if not scale_now or not all(scales):
-        if rules.time_basis == "normalized":
-            return replace(absolute, detail=absolute.detail + pooled + "; absolute: no calibration stored")
-        return replace(absolute, detail=absolute.detail + pooled)
-    drift = scale_now / statistics.median(scales) - 1
-    if rules.time_basis == "absolute":
-        return replace(absolute, detail=f"{absolute.detail}{pooled}; machine {_percent(drift)} (calibration)")
-    normalized = judge_time([s / scale for info, scale in zip(baselines, scales) for s in info["step_seconds"]],
-                            [s / scale_now for s in after], rule, unit="× cal")
-    return Judgement(normalized.verdict, absolute.baseline, absolute.now, normalized.change,
-                     f"{normalized.detail}{pooled}; absolute {_percent(absolute.change)}, machine {_percent(drift)}")
+    normalized = rules.time_basis == "normalized" and bool(scale_now) and all(scales)
+    per_run = [[s / scale for s in info["step_seconds"]] if normalized else list(info["step_seconds"])
+               for info, scale in zip(baselines, scales)]
+    after = [s / scale_now for s in now["step_seconds"]] if normalized else list(now["step_seconds"])
+    before = [s for run in per_run for s in run]
+    rule = rules.time
+    medians = [statistics.median(run) for run in per_run]
+    spread = max(medians) / min(medians) - 1
+    threshold = max(rule.threshold, rules.time_spread_factor * spread)
+    pooled = f"; baseline: {len(baselines)} stored run(s)"
+    if len(baselines) > 1:
+        pooled += f", medians spread {spread:.1%}"
+    how = (f"threshold {threshold:.0%}" + (f" (policy {rule.threshold:.0%}; {rules.time_spread_factor:g} × the "
+                                           f"stored runs' spread)" if threshold > rule.threshold else ""))
+    absolute = judge_time([s for info in baselines for s in info["step_seconds"]], now["step_seconds"], rule)
+    drift = (scale_now / statistics.median(scales) - 1) if scale_now and all(scales) else None
+    machine = f"; machine {_percent(drift)} (calibration)" if drift is not None else "; no calibration stored"
+    if threshold > rules.time_max_threshold:
+        return Judgement(Verdict.UNJUDGED, absolute.baseline, absolute.now, absolute.change, (
+            f"not judged: the stored runs' medians spread {spread:.1%}, so the threshold would be {threshold:.0%}, "
+            f"above the policy's max_threshold {rules.time_max_threshold:.0%}; judge time with --bench-ab (both "
+            f"sides in one session) or record quieter baselines{pooled}{machine}"))
+    judged = judge_time(before, after, replace(rule, threshold=threshold), unit="× cal" if normalized else "s")
+    detail = judged.detail.replace(f"threshold ±{threshold:.0%}", how, 1)
+    if normalized:
+        return Judgement(judged.verdict, absolute.baseline, absolute.now, judged.change,
+                         f"{detail}{pooled}; absolute {_percent(absolute.change)}{machine}")
+    return replace(judged, detail=f"{detail}{pooled}{machine}")
 
 
 def _forced(variables: Mapping[str, str] | None) -> str:

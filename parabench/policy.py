@@ -24,7 +24,7 @@ DEVICES = ("cpu", "cuda")
 BASES = ("absolute", "normalized")
 MEMORY_METRICS = ("state_bytes", "peak_allocated_bytes", "cuda_max_reserved_bytes", "rss_bytes")
 COST_METRICS = ("comm", "flops")  # one step's collectives and matmul FLOPs (parabench/costs.py)
-RULE_FIELDS = {"time": {"basis", "history", "spread_factor", "threshold", "alpha", "min_samples"},
+RULE_FIELDS = {"time": {"basis", "history", "spread_factor", "max_threshold", "threshold", "alpha", "min_samples"},
                "memory": set(MEMORY_METRICS), "cost": set(COST_METRICS), "loss": set(DEVICES)}
 AB_FIELDS = {"threshold", "alpha", "rounds"}  # the paired same-session verdict (parabench/ab.py)
 
@@ -44,6 +44,8 @@ class Rules:
     memory: dict[str, BytesRule]
     loss: CurveRule
     cost: dict[str, BytesRule] | None = None  # comm, flops: exact unless the policy says otherwise
+    # above this effective threshold, step time is not judged against stored runs ("unjudged": use --bench-ab)
+    time_max_threshold: float = 0.15
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,7 @@ _PATTERNS = (lambda value: isinstance(value, str) or (isinstance(value, list) an
 _TOL = _number(0, note="a fraction: 0.01 is 1 %")
 SCHEMA: dict[str, dict[str, tuple]] = {
     "time": {"basis": _BASIS, "history": _number(1, integer=True), "spread_factor": _number(0),
+             "max_threshold": _number(0, 1, low_open=True, high_open=True, note="a fraction: 0.15 is 15 %"),
              "threshold": _number(0, 1, high_open=True, note="a fraction: 0.08 is 8 %"),
              "alpha": _number(0, 1, low_open=True, high_open=True), "min_samples": _number(3, integer=True)},
     "memory": {"rtol": _TOL, "atol": _number(0, integer=True, note="bytes"), "informational": _BOOLEAN},
@@ -218,6 +221,7 @@ def _build(table: dict[str, Any], device: str, path: str) -> Rules:
     spread_factor = time.pop("spread_factor", 0.0)
     if not isinstance(spread_factor, (int, float)) or spread_factor < 0:
         raise PolicyError(f"{path}: time.spread_factor must be a number ≥ 0, not {spread_factor!r}")
+    max_threshold = time.pop("max_threshold", 0.15)
     history = time.pop("history", 1)
     if not isinstance(history, int) or history < 1:
         raise PolicyError(f"{path}: time.history must be a whole number ≥ 1, not {history!r}")
@@ -230,6 +234,7 @@ def _build(table: dict[str, Any], device: str, path: str) -> Rules:
         cost = {metric: BytesRule(**table["cost"].get(metric, {})) for metric in COST_METRICS}
         loss = table["loss"].get(device, {})
         _check_keys(Path(path), f"loss.{device}.", loss, {"exact", "atol", "rtol"})
-        return Rules(TimeRule(**time), basis, history, float(spread_factor), memory, CurveRule(**loss), cost)
+        return Rules(TimeRule(**time), basis, history, float(spread_factor), memory, CurveRule(**loss), cost,
+                     float(max_threshold))
     except (TypeError, ValueError) as error:
         raise PolicyError(f"{path}: {error}") from None

@@ -25,6 +25,7 @@ class Verdict(str, enum.Enum):
     NEW = "new"                        # measured now, no baseline for this case
     MISSING = "missing"                # in the baseline, selected now, but no result now
     NOT_COMPARABLE = "not comparable"  # a baseline exists, under another machine key
+    UNJUDGED = "unjudged"              # should have been judged and was not (a metric, a skip, a spread): says why
     INFO = "info"                      # recorded for people, never judged
 
 

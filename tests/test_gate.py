@@ -86,12 +86,40 @@ def test_the_time_basis_decides_whether_machine_drift_counts(tmp_path):
         assert row.verdict is verdict and "machine +30.0%" in row.detail
 
 
-def test_a_noisy_history_raises_the_time_threshold(tmp_path):
-    for i, step_ms in enumerate([40.0, 48.0]):  # stored medians 20 % apart: threshold 1.5 × 20 % = 30 %
+def time_row(report):
+    return next(r for r in report.rows if r.metric.startswith("step time"))
+
+
+def test_a_noisy_history_raises_the_time_threshold_and_the_row_says_so(tmp_path):
+    for i, step_ms in enumerate([40.0, 43.2]):  # stored medians 8 % apart: threshold 1.5 × 8 % = 12 % ≤ max 15 %
         store(tmp_path, bench(info(step_ms=step_ms, seed=i)), name=f"000{i}_r.json", when=f"2026-0{i + 1}-01")
-    row = next(r for r in compare([bench(info(step_ms=52.0, seed=9))], discover(tmp_path), POLICY).rows
-               if r.metric.startswith("step time"))
-    assert row.verdict is Verdict.UNCHANGED and "medians spread 1" in row.detail and "so the threshold is 2" in row.detail
+    near = time_row(compare([bench(info(step_ms=46.0, seed=9))], discover(tmp_path), POLICY))
+    assert near.verdict is Verdict.UNCHANGED
+    assert re.search(r"threshold 1[0-4]% \(policy 8%; 1.5 × the stored runs' spread\)", near.detail), near.detail
+    assert re.search(r"medians spread [5-9]\.\d%", near.detail), near.detail
+    far = time_row(compare([bench(info(step_ms=52.0, seed=9))], discover(tmp_path), POLICY))
+    assert far.verdict is Verdict.REGRESSED and re.search(r"threshold 1[0-4]%", far.detail)
+
+
+def test_every_judged_time_row_prints_its_threshold(tmp_path):
+    store(tmp_path, bench(info(seed=1)))
+    assert "threshold 8%" in time_row(compare([bench(info(seed=2))], discover(tmp_path), POLICY)).detail
+
+
+def test_stored_runs_that_spread_beyond_the_bound_leave_time_unjudged_and_the_gate_fails(tmp_path):
+    for i, step_ms in enumerate([40.0, 48.0]):  # medians 20 % apart: 30 % would be needed, the bound is 15 %
+        store(tmp_path, bench(info(step_ms=step_ms, seed=i)), name=f"000{i}_r.json", when=f"2026-0{i + 1}-01")
+    report = compare([bench(info(step_ms=60.0, seed=9))], discover(tmp_path), POLICY)
+    row = time_row(report)
+    assert row.verdict is Verdict.UNJUDGED and row.reason == "time-spread" and report.failed
+    assert re.search(r"spread (1[7-9]|2[0-3])\.\d%, so the threshold would be \d\d%, above the policy's "
+                     r"max_threshold 15%", row.detail), row.detail
+    assert "--bench-ab" in row.detail and "--bench-gate-allow=time-spread" in "\n".join(report.unjudged_lines())
+    excused = compare([bench(info(step_ms=60.0, seed=9))], discover(tmp_path), POLICY, allowed=["time-spread"])
+    assert not excused.failed and excused.excused() == {"time-spread": 1}
+    assert "opt-outs used: --bench-gate-allow=time-spread (1 excused)" in excused.unjudged_lines()
+    reported = compare([bench(info(step_ms=60.0, seed=9))], discover(tmp_path), POLICY, judge_time=False)
+    assert time_row(reported).verdict is Verdict.INFO and not reported.failed
 
 
 def test_the_time_baseline_pools_the_newest_runs_of_the_same_key(tmp_path):
@@ -356,3 +384,96 @@ def test_the_ab_table_is_checked_and_builds_the_paired_rule(tmp_path):
         load_policy(write_policy(tmp_path, "format = 1\n[ab]\nrounds = 1\n"))
     with pytest.raises(PolicyError, match=re.escape("unknown key ab.round; known here: alpha, rounds, threshold")):
         load_policy(write_policy(tmp_path, "format = 1\n[ab]\nround = 8\n"))
+
+
+# --------------------------------------------------------------------------- failing closed
+
+HERE = ("cpu", "AMD EPYC, AVX512 (2 CPUs)")
+
+
+def test_a_store_without_a_baseline_of_this_key_fails_unless_excused(tmp_path):
+    report = compare([bench(info())], [], POLICY, machine=HERE)
+    assert report.nothing_gated and report.failed and "NOTHING GATED" in report.summary()
+    assert any("--bench-gate-allow=nothing-gated" in line for line in report.unjudged_lines())
+    excused = compare([bench(info())], [], POLICY, machine=HERE, allowed=["nothing-gated"])
+    assert not excused.failed and excused.excused() == {"nothing-gated": 1}
+    assert "excused: --bench-gate-allow=nothing-gated" in excused.summary()
+
+
+def test_an_empty_selection_is_nothing_gated(tmp_path):
+    store(tmp_path, bench(info()))
+    assert compare([], discover(tmp_path), POLICY, machine=HERE).failed
+
+
+def test_a_case_skipped_for_a_missing_package_with_a_baseline_here_is_unjudged(tmp_path):
+    store(tmp_path, bench(info()), bench(info(), name="test_train[deepspeed-zero3-adamw-gpt2_text-w2-fp32]"))
+    skipped = {"test_train[deepspeed-zero3-adamw-gpt2_text-w2-fp32]": "deepspeed-zero3 needs the package 'deepspeed'"}
+    report = compare([bench(info())], discover(tmp_path), POLICY, machine=HERE, skipped=skipped)
+    row = next(r for r in report.rows if r.verdict is Verdict.UNJUDGED)
+    assert row.reason == "skipped" and "needs the package 'deepspeed'" in row.detail and report.failed
+    assert "1 case(s) UNJUDGED" in report.summary() and not report.regressions
+    assert not compare([bench(info())], discover(tmp_path), POLICY, machine=HERE, skipped=skipped,
+                       allowed=["skipped"]).failed
+
+
+def test_a_skip_without_a_baseline_on_this_machine_is_not_held_against_the_run(tmp_path):
+    store(tmp_path, bench(info()), bench(info(isa="AVX2"), name="test_train[gpu-only]"))
+    report = compare([bench(info())], discover(tmp_path), POLICY, machine=HERE,
+                     skipped={"test_train[gpu-only]": "needs a CUDA device"})
+    assert not report.failed and all(r.verdict is not Verdict.UNJUDGED for r in report.rows)
+
+
+def test_a_missing_case_with_a_baseline_here_fails(tmp_path):
+    store(tmp_path, bench(info()), bench(info(), name="test_train[gone]"))
+    report = compare([bench(info())], discover(tmp_path), POLICY, expected=["test_train[gone]", f"test_train[{CASE_ID}]"],
+                     machine=HERE)
+    assert [r.reason for r in report.unjudged] == ["missing"] and report.failed
+    assert not compare([bench(info())], discover(tmp_path), POLICY, machine=HERE, allowed=["missing"],
+                       expected=["test_train[gone]", f"test_train[{CASE_ID}]"]).failed
+
+
+def test_a_baseline_here_under_other_settings_fails_as_not_comparable(tmp_path):
+    store(tmp_path, bench(info()), bench(info(), name="test_train[other]"))
+    shorter = info(case={"id": CASE_ID, "precision": "fp32", "world_size": 2, "warmup_steps": 2, "steps": 5})
+    report = compare([bench(info(), name="test_train[other]"), bench(shorter)], discover(tmp_path), POLICY,
+                     machine=HERE)
+    (row,) = report.unjudged
+    assert row.verdict is Verdict.NOT_COMPARABLE and row.reason == "not-comparable" and "steps" in row.detail
+    assert report.failed
+
+
+def test_a_metric_the_baseline_has_and_this_run_lacks_is_unjudged(tmp_path):
+    comm = [{"all_reduce": {"calls": 1, "bytes": 8, "bus_bytes": 8, "group_sizes": [2]}}] * 2
+    store(tmp_path, bench(info(comm=comm, flops=[100, 100], parity={"max_abs_difference": 0.0, "first_divergence": None,
+                                                                    "reference": "single", "atol": 1e-5, "rtol": 0})))
+    lacking = info(peak=None)
+    lacking["peak_allocated_bytes"] = []
+    report = compare([bench(lacking)], discover(tmp_path), POLICY, machine=HERE)
+    assert {r.metric: r.reason for r in report.unjudged} == {
+        "peak_allocated_bytes": "metric-missing", "comm bus bytes": "metric-missing", "flops": "metric-missing",
+        "parity": "metric-missing"}
+    assert report.failed and not report.regressions
+
+
+def test_costs_are_judged_against_the_newest_run_that_counted_them(tmp_path):
+    def comm(calls):
+        return [{"all_reduce": {"calls": calls, "bytes": 8 * calls, "bus_bytes": 8 * calls, "group_sizes": [2]}}] * 2
+
+    store(tmp_path, bench(info(comm=comm(1), flops=[100, 100])), name="0001_counted.json", when="2026-01-01")
+    store(tmp_path, bench(info(seed=3)), name="0002_uncounted.json", when="2026-02-01")
+    report = compare([bench(info(comm=comm(2), flops=[100, 100]))], discover(tmp_path), POLICY, machine=HERE)
+    rows = {r.metric: r for r in report.rows}
+    assert rows["comm bus bytes"].verdict is Verdict.REGRESSED and "0001_counted.json" in rows["comm bus bytes"].detail
+    assert rows["flops"].verdict is Verdict.UNCHANGED
+
+
+def test_a_baseline_without_counts_says_so_in_its_row(tmp_path):
+    store(tmp_path, bench(info()))
+    report = compare([bench(info(flops=[100, 100]))], discover(tmp_path), POLICY, machine=HERE)
+    row = next(r for r in report.rows if r.metric == "flops")
+    assert row.verdict is Verdict.INFO and "none of the 1 stored run(s) of this key counted it" in row.detail
+
+
+def test_an_unknown_opt_out_is_refused_naming_the_known_ones():
+    with pytest.raises(ValueError, match="unknown --bench-gate-allow reason.*known: nothing-gated, missing"):
+        compare([], [], POLICY, allowed=["everything"])
