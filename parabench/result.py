@@ -128,22 +128,19 @@ class CaseResult:
 
     def cost_expectations(self) -> dict[str, Any]:
         """Ψ, and what the formulas expect beside what was measured (``parabench.formulas``)."""
-        from parabench.formulas import deepspeed_estimate, expected_state
+        from parabench.formulas import deepspeed_estimate, findings, predicted_state
 
         first = self.ranks[0]
         if first.parameters is None:
             return {}
         case = self.case
         out: dict[str, Any] = {"parameters": first.parameters}
-        expected = expected_state(case.strategy, case.optimizer, case.precision, first.parameters, case.world_size,
-                                  dict(case.options))
-        if expected is not None:
-            from parabench.formulas import unexplained
-
-            out["state_bytes_expected"] = [expected for _ in self.ranks]
-            # beyond 1 % of the formula on some rank, and not explained in parabench.formulas: a finding
-            found = {name: change for r in self.ranks
-                     for name, change in unexplained(case.strategy, r.state_bytes, expected).items()}
+        predictions = predicted_state(case.strategy, case.optimizer, case.precision, first.parameters,
+                                      case.world_size, dict(case.options), workload=case.workload)
+        if predictions is not None:
+            out["state_bytes_expected"] = [p.expected for p in predictions]
+            # beyond 1 % of the formula with its computed terms on some rank: a finding
+            found = findings(case.strategy, [r.state_bytes for r in self.ranks], predictions)
             if found:
                 out["state_formula_findings"] = found
         estimate = deepspeed_estimate(case.strategy, first.parameters, first.largest_layer or 0, case.world_size)

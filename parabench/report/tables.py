@@ -403,7 +403,7 @@ def costs(title: str, records: Sequence[CaseRecord]) -> Table | None:
         expected_flops = max(r.info.get("flops_expected") or [0])
         state = max(s["total"] for s in r.info["state_bytes"])
         expected = expected_for(r.info)  # the formula as it stands (a run stored before a fix to it included)
-        formula = expected["total"] if expected else None
+        formula = max(e["total"] for e in expected) if expected else None
         table.rows.append([r.label(STRATEGY_ONLY), r.world_size, calls, bus, bus / ddp_bus if ddp_bus else None,
                            flops, flops / ddp_flops if ddp_flops else None,
                            flops / expected_flops if expected_flops else None, state, formula,
@@ -413,35 +413,49 @@ def costs(title: str, records: Sequence[CaseRecord]) -> Table | None:
                     "expects 1× DDP for stages 1–2 and 1.5× for stage 3",
                     "FLOPs: matrix products and convolutions one step runs on a rank (parabench/costs.py); "
                     "6Ψ·tokens is the rule of thumb (8Ψ·tokens where checkpointing recomputes the forward)",
-                    "formula: parabench/formulas.py (ZeRO paper accounting); where state / formula is off 1 by more "
-                    "than 1 % in a category, the cause explained there is given below, or the case is a finding"]
+                    "formula: parabench/formulas.py, the ZeRO paper's accounting plus the terms each framework's "
+                    "layout adds, computed from the model's parameter shapes (whole-tensor shards, padding, chunks, "
+                    "buckets, copies); where the paper's formula is off by more than 1 % in a category, the term "
+                    "and what remains after it are given below; what remains beyond 1 % is a finding"]
     table.notes += _formula_deviations(counted)
     return table
 
 
 def _formula_deviations(records: Sequence[CaseRecord]) -> list[str]:
-    """One note per strategy and category off its formula by more than 1 %: the explanation in
-    ``parabench.formulas.EXPLAINED`` with the largest deviation seen, or, unexplained, a finding naming the cases."""
-    from parabench.formulas import EXPLAINED, expected_for, split_deviations
+    """One note per strategy and category where the paper's formula is off by more than 1 %: the largest
+    deviation seen, the computed term that accounts for it (``parabench.formulas.predicted_state``) and the
+    largest deviation left after the terms; and one per case whose state is off its prediction by more than 1 %
+    (a finding)."""
+    from parabench.formulas import deviations, findings, predicted_for
 
-    explained: dict[tuple[str, str], float] = {}
-    findings: dict[str, dict[str, float]] = {}
+    paper_off: dict[tuple[str, str], float] = {}
+    left: dict[tuple[str, str], float] = {}
+    terms: dict[tuple[str, str], str] = {}
+    found: dict[str, dict[str, float]] = {}
     for r in records:
-        expected = expected_for(r.info)  # the formula as it stands, also for runs stored before a fix to it
-        if expected is None:
+        predictions = predicted_for(r.info)  # the formula as it stands, also for runs stored before a fix to it
+        if predictions is None:
             continue
-        for measured in r.info["state_bytes"]:
-            known, off = split_deviations(r.strategy, measured, expected)
-            for category, change in known.items():
+        for measured, prediction in zip(r.info["state_bytes"], predictions):
+            for category, change in deviations(measured, prediction.paper).items():
                 key = (r.strategy, category)
-                explained[key] = max(explained.get(key, 0.0), change, key=abs)
-            if off:
-                findings.setdefault(r.label(), {}).update(off)
-    notes = [f"{strategy} {category} {change:+.1%} of the formula: {EXPLAINED[strategy][category]}"
-             for (strategy, category), change in sorted(explained.items()) if category != "total"]
-    notes += [f"finding (not explained in parabench/formulas.py): {label} "
+                paper_off[key] = max(paper_off.get(key, 0.0), change, key=abs)
+                if category in prediction.terms:
+                    terms[key] = prediction.terms[category][0]
+            for category in prediction.terms:
+                # what the measurement leaves off the prediction, within 1 % or not
+                want, got = prediction.expected[category], measured.get(category, 0)
+                change = (got / want - 1) if want else 0.0
+                left[(r.strategy, category)] = max(left.get((r.strategy, category), 0.0), change, key=abs)
+        off = findings(r.strategy, r.info["state_bytes"], predictions)
+        if off:
+            found[r.label()] = off
+    notes = [f"{strategy} {category} {change:+.1%} of the paper's formula; computed term: "
+             f"{terms.get((strategy, category), 'none')}; after it {left.get((strategy, category), change):+.1%}"
+             for (strategy, category), change in sorted(paper_off.items()) if category != "total"]
+    notes += [f"finding (beyond 1 % of the formula with its computed terms, parabench/formulas.py): {label} "
               + ", ".join(f"{category} {change:+.1%}" for category, change in off.items())
-              for label, off in sorted(findings.items())]
+              for label, off in sorted(found.items())]
     return notes
 
 

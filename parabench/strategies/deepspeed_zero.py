@@ -165,7 +165,7 @@ class DeepSpeedZero(Strategy):
         """What this rank holds between steps, read from DeepSpeed's own partitions.
 
         params: the module's parameters as held (ZeRO-3: each parameter's ``ds_tensor`` partition);
-        master: the tensors the underlying optimizer updates (fp32 partitions under ZeRO, the
+        master: the tensors the underlying optimizer updates (fp32 partitions under ZeRO, in fp32 too, the
         fp32 flat copy under ZeRO-0 with bf16/fp16; under fp32 ZeRO-0 they are the parameters);
         grads: parameter gradients, the master partitions' gradients and the ZeRO gradient buffers;
         optimizer: the underlying optimizer's state. Views of one storage count once.
@@ -175,12 +175,10 @@ class DeepSpeedZero(Strategy):
         base = self.stepping_optimizer()
         master = [p for group in base.param_groups for p in group["params"]]
         # ZeRO-3 empties the optimizer's param_groups after each step (it puts each sub-group's fp32 partition in
-        # for its step only): in bf16/fp16 its fp32 masters are read from the partitions themselves. In fp32 on CPU
-        # DeepSpeed 0.19.8 also keeps a separate fp32 flat copy (4Ψ/N, measured: its storage is not the
-        # parameters'); that is not counted yet (the formula's ZeRO-3 has no fp32 master)
-        dtypes = {p.dtype for p in params}
-        master.extend(t for t in getattr(self.engine.optimizer, "fp32_partitioned_groups_flat", ())
-                      if t.dtype not in dtypes)
+        # for its step only): its fp32 partitions are read from the optimizer itself. In fp32 too they are their own
+        # storage (DeepSpeed 0.19.8 copies them; parabench.formulas, deepspeed-zero3), 4Ψ/N a rank; a partition that
+        # were the parameters' own storage would be counted once, among params (state_bytes dedupes storages)
+        master.extend(getattr(self.engine.optimizer, "fp32_partitioned_groups_flat", ()))
         grads: list[object] = [p.grad for p in params] + [p.grad for p in master]
         for name in _GRADIENT_BUFFERS:
             grads.extend(_tensors(getattr(self.engine.optimizer, name, None)))
