@@ -11,7 +11,7 @@ import pytest
 
 from parabench.case import Case
 from parabench.inject import InjectedFault
-from parabench.known import DRIFT_MARGIN, KNOWN_DEVIATIONS, Crash, Drift, drift_beyond, known_deviation
+from parabench.known import DRIFT_MARGIN, KNOWN_DEVIATIONS, Crash, Drift, Stall, drift_beyond, known_deviation
 from parabench.launcher import MemoryLimitExceeded, TaskTimedOut, _failed
 
 pytest_plugins = ["pytester"]
@@ -42,9 +42,9 @@ def curves(drift: Drift, scale: float = 1.0, first_step: int | None = None) -> t
 
 def test_every_entry_documents_a_failure_and_each_drift_its_size_and_device():
     for deviation in KNOWN_DEVIATIONS:
-        assert isinstance(deviation.failure, (Drift, Crash)), deviation.pattern
-        if isinstance(deviation.failure, Drift):
-            assert deviation.failure.max_abs_difference > 0 and deviation.failure.steps > deviation.failure.first_step
+        assert isinstance(deviation.failure, (Drift, Stall, Crash)), deviation.pattern
+        if isinstance(deviation.failure, (Drift, Stall)):
+            assert isinstance(deviation.failure, Stall) or deviation.failure.steps > deviation.failure.first_step
             assert deviation.device is not None, f"{deviation.pattern}: a drift holds on the device it was measured on"
 
 
@@ -86,6 +86,16 @@ def test_the_margin_is_relative_to_the_recorded_drift():
     assert drift_beyond(0.1, 2, 0.1 * (1 + DRIFT_MARGIN), 2) is None
     assert "max |Δloss|" in drift_beyond(0.1, 2, 0.1 * (1 + DRIFT_MARGIN) * 1.001, 2)
     assert drift_beyond(0.1, 2, 0.05, None) is None
+
+
+def test_a_stall_that_learns_less_than_recorded_is_not_the_known_deviation():
+    stall = entry(Case("colossalai-lowlevelzero2", "dist-adafactor", "gpt2-text", 2, steps=60)).failure
+    assert isinstance(stall, Stall)
+    recorded = [5.31413] * 15 + [5.3] * 32 + [5.31413 * (1 - stall.relative_fall)] * 15  # 62 steps, as measured
+    assert stall.regression(recorded) is None
+    halved = [5.31413] * 15 + [5.3] * 32 + [5.31413 * (1 - stall.relative_fall / 2)] * 15
+    why = stall.regression(halved)
+    assert why is not None and "the loss fell less" in why
 
 
 # --------------------------------------------------------------------------- crashes
