@@ -1,4 +1,4 @@
-"""Command line: ``python -m parabench report [RUN …]``."""
+"""Command line: ``python -m parabench report [RUN …]`` and ``python -m parabench thresholds``."""
 
 from __future__ import annotations
 
@@ -31,7 +31,52 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--time", default="judge", choices=("judge", "report"),
                         help="comparing two runs, judge (default) step time as the gate does, or report it with the "
                              "verdict it would get and judge only memory, loss and parity (as CI's gate does)")
+    thresholds = commands.add_parser(
+        "thresholds", help="how stored runs would judge step time: each case's effective threshold",
+        description="For every stored case and machine, the step-time threshold the gate would judge a new run at "
+                    "(the policy's, or spread_factor x the spread of the newest stored runs' medians), and whether "
+                    "it is judged at all (time.max_threshold); a summary line, and all rows as CSV with --csv.")
+    thresholds.add_argument("--storage", default=STORAGE, help=f"where runs are stored (default {STORAGE}/)")
+    thresholds.add_argument("--policy", default=f"{STORAGE}/policy.toml", help="the gate's policy")
+    thresholds.add_argument("--select", metavar="FILE", default=None,
+                            help="only these benchmark names, one a line (e.g. the names `pytest bench/ "
+                                 "--collect-only -q` lists after '::')")
+    thresholds.add_argument("--csv", metavar="PATH", default=None, help="write every row here (replaced whole)")
     return main
+
+
+def thresholds(args: argparse.Namespace) -> str:
+    """The summary of ``python -m parabench thresholds`` per machine; the rows go to ``--csv``."""
+    import csv
+    import io
+    import statistics
+
+    from parabench.baselines import atomic_write, discover
+    from parabench.gate import time_judgeability
+    from parabench.policy import load_policy
+
+    names = None
+    if args.select:
+        names = [line.strip() for line in Path(args.select).read_text().splitlines() if line.strip()]
+    rows = time_judgeability(discover(args.storage), load_policy(args.policy), names)
+    if not rows:
+        raise SystemExit(f"parabench thresholds: no stored case under {args.storage}"
+                         + (f" among the {len(names)} names of {args.select}" if names is not None else ""))
+    if args.csv:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(args.csv, out.getvalue().encode(), overwrite=True)
+    lines = []
+    for machine in sorted({(r["hardware"], r["kernels"]) for r in rows}):
+        mine = [r for r in rows if (r["hardware"], r["kernels"]) == machine]
+        values = sorted(r["threshold"] for r in mine)
+        p90 = values[min(len(values) - 1, int(round(0.9 * (len(values) - 1))))]
+        lines.append(f"{machine[0]} (kernels: {machine[1]}): {len(mine)} cases; effective threshold median "
+                     f"{statistics.median(values):.1%}, p90 {p90:.1%}; judged {sum(r['judged'] for r in mine)}, not "
+                     f"judged {sum(not r['judged'] for r in mine)} (too few stored runs, or their medians spread too much)")
+    return "\n".join(lines)
 
 
 def report(args: argparse.Namespace, command: str) -> Path:
@@ -50,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
+    if args.command == "thresholds":
+        print(thresholds(args))
+        return 0
     try:
         out = report(args, f"python -m parabench {shlex.join(argv)}")
     except ReportError as error:

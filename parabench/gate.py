@@ -426,9 +426,7 @@ def _judge_step_time(baselines: Sequence[Mapping[str, Any]], now: Mapping[str, A
     after = [s / scale_now for s in now["step_seconds"]] if normalized else list(now["step_seconds"])
     before = [s for run in per_run for s in run]
     rule = rules.time
-    medians = [statistics.median(run) for run in per_run]
-    spread = max(medians) / min(medians) - 1
-    threshold = max(rule.threshold, rules.time_spread_factor * spread)
+    threshold, spread = effective_threshold(per_run, rules)
     pooled = f"; baseline: {len(baselines)} stored run(s)"
     if len(baselines) > 1:
         pooled += f", medians spread {spread:.1%}"
@@ -437,6 +435,11 @@ def _judge_step_time(baselines: Sequence[Mapping[str, Any]], now: Mapping[str, A
     absolute = judge_time([s for info in baselines for s in info["step_seconds"]], now["step_seconds"], rule)
     drift = (scale_now / statistics.median(scales) - 1) if scale_now and all(scales) else None
     machine = f"; machine {_percent(drift)} (calibration)" if drift is not None else "; no calibration stored"
+    if len(baselines) < rules.time_min_runs:
+        return Judgement(Verdict.UNJUDGED, absolute.baseline, absolute.now, absolute.change, (
+            f"not judged: {len(baselines)} stored run(s) of this key, and the policy's min_runs is "
+            f"{rules.time_min_runs}: one run says nothing of how far its own median moves between sessions; record "
+            f"more (tox -e record records three) or judge time with --bench-ab{pooled}{machine}"))
     if threshold > rules.time_max_threshold:
         return Judgement(Verdict.UNJUDGED, absolute.baseline, absolute.now, absolute.change, (
             f"not judged: the stored runs' medians spread {spread:.1%}, so the threshold would be {threshold:.0%}, "
@@ -448,6 +451,41 @@ def _judge_step_time(baselines: Sequence[Mapping[str, Any]], now: Mapping[str, A
         return Judgement(judged.verdict, absolute.baseline, absolute.now, judged.change,
                          f"{detail}{pooled}; absolute {_percent(absolute.change)}{machine}")
     return replace(judged, detail=f"{detail}{pooled}{machine}")
+
+
+def effective_threshold(per_run_steps: Sequence[Sequence[float]], rules: Rules) -> tuple[float, float]:
+    """(the step-time threshold a case is judged at, the spread of its stored runs' medians, max/min − 1): the
+    policy's threshold, or ``spread_factor`` × the spread where larger (repeat runs that disagree by 20 % cannot
+    judge 8 %)."""
+    medians = [statistics.median(run) for run in per_run_steps]
+    spread = max(medians) / min(medians) - 1
+    return max(rules.time.threshold, rules.time_spread_factor * spread), spread
+
+
+def time_judgeability(stored: Iterable[StoredRun], policy: Policy,
+                      names: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Per case and machine (hardware, forced kernels), the step-time threshold the newest stored runs of one key
+    would judge a new run at, and whether it is judged at all (``max_threshold``): how useful stored-run time is."""
+    history = newest_by_name(stored)
+    fields = tuple(f for f in policy.key_fields if f != "versions" or policy.versions == "equal")
+    rows = []
+    for name in sorted(set(names) & set(history) if names is not None else history):
+        kinds: dict[tuple, list[Mapping[str, Any]]] = {}
+        for _, bench in history[name]:
+            info = bench["extra_info"]
+            forced = _forced(info.get("hardware", {}).get("kernels_forced"))
+            kinds.setdefault((info.get("device"), _hardware(info), forced), []).append(info)
+        for (device, hardware, forced), infos in sorted(kinds.items()):
+            key = machine_key(infos[0], fields, policy.ignore_packages)
+            versions = _versions(infos[0], policy)
+            rules = policy.rules(infos[0]["case"]["id"], device or "cpu")
+            same = [info for info in infos if machine_key(info, fields, policy.ignore_packages) == key
+                    and _versions(info, policy) == versions][:rules.time_history]
+            threshold, spread = effective_threshold([info["step_seconds"] for info in same], rules)
+            rows.append({"case": name, "device": device, "hardware": hardware, "kernels": forced, "runs": len(same),
+                         "spread": round(spread, 4), "threshold": round(threshold, 4),
+                         "judged": threshold <= rules.time_max_threshold and len(same) >= rules.time_min_runs})
+    return rows
 
 
 def _forced(variables: Mapping[str, str] | None) -> str:

@@ -24,7 +24,7 @@ DEVICES = ("cpu", "cuda")
 BASES = ("absolute", "normalized")
 MEMORY_METRICS = ("state_bytes", "peak_allocated_bytes", "cuda_max_reserved_bytes", "rss_bytes")
 COST_METRICS = ("comm", "flops")  # one step's collectives and matmul FLOPs (parabench/costs.py)
-RULE_FIELDS = {"time": {"basis", "history", "spread_factor", "max_threshold", "threshold", "alpha", "min_samples"},
+RULE_FIELDS = {"time": {"basis", "history", "spread_factor", "max_threshold", "min_runs", "threshold", "alpha", "min_samples"},
                "memory": set(MEMORY_METRICS), "cost": set(COST_METRICS), "loss": set(DEVICES)}
 AB_FIELDS = {"threshold", "alpha", "rounds"}  # the paired same-session verdict (parabench/ab.py)
 
@@ -46,6 +46,8 @@ class Rules:
     cost: dict[str, BytesRule] | None = None  # comm, flops: exact unless the policy says otherwise
     # above this effective threshold, step time is not judged against stored runs ("unjudged": use --bench-ab)
     time_max_threshold: float = 0.15
+    # fewer stored runs than this say nothing of their own spread: step time is not judged against them
+    time_min_runs: int = 1
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,7 @@ _TOL = _number(0, note="a fraction: 0.01 is 1 %")
 SCHEMA: dict[str, dict[str, tuple]] = {
     "time": {"basis": _BASIS, "history": _number(1, integer=True), "spread_factor": _number(0),
              "max_threshold": _number(0, 1, low_open=True, high_open=True, note="a fraction: 0.15 is 15 %"),
+             "min_runs": _number(1, integer=True),
              "threshold": _number(0, 1, high_open=True, note="a fraction: 0.08 is 8 %"),
              "alpha": _number(0, 1, low_open=True, high_open=True), "min_samples": _number(3, integer=True)},
     "memory": {"rtol": _TOL, "atol": _number(0, integer=True, note="bytes"), "informational": _BOOLEAN},
@@ -222,6 +225,7 @@ def _build(table: dict[str, Any], device: str, path: str) -> Rules:
     if not isinstance(spread_factor, (int, float)) or spread_factor < 0:
         raise PolicyError(f"{path}: time.spread_factor must be a number ≥ 0, not {spread_factor!r}")
     max_threshold = time.pop("max_threshold", 0.15)
+    min_runs = time.pop("min_runs", 1)
     history = time.pop("history", 1)
     if not isinstance(history, int) or history < 1:
         raise PolicyError(f"{path}: time.history must be a whole number ≥ 1, not {history!r}")
@@ -235,6 +239,6 @@ def _build(table: dict[str, Any], device: str, path: str) -> Rules:
         loss = table["loss"].get(device, {})
         _check_keys(Path(path), f"loss.{device}.", loss, {"exact", "atol", "rtol"})
         return Rules(TimeRule(**time), basis, history, float(spread_factor), memory, CurveRule(**loss), cost,
-                     float(max_threshold))
+                     float(max_threshold), int(min_runs))
     except (TypeError, ValueError) as error:
         raise PolicyError(f"{path}: {error}") from None

@@ -47,6 +47,12 @@ def store(tmp_path: Path, *benches: dict, name: str = "0001_base.json", when: st
     return path
 
 
+def store_twice(tmp_path: Path, *benches: dict) -> None:
+    """Two stored runs of the same benchmarks: time is judged against two runs at least (policy min_runs)."""
+    store(tmp_path, *benches, name="0001_first.json", when="2026-10-01T00:00:00")
+    store(tmp_path, *benches, name="0002_second.json", when="2026-10-02T00:00:00")
+
+
 def verdicts(report) -> dict[str, Verdict]:
     return {row.metric.split(" (")[0]: row.verdict for row in report.rows}
 
@@ -54,7 +60,7 @@ def verdicts(report) -> dict[str, Verdict]:
 # --------------------------------------------------------------------------- comparing
 
 def test_an_unchanged_run_is_unchanged_in_every_metric(tmp_path):
-    store(tmp_path, bench(info(seed=1)))
+    store_twice(tmp_path, bench(info(seed=1)))
     report = compare([bench(info(seed=2))], discover(tmp_path), POLICY)
     assert not report.regressions
     assert verdicts(report) == {"step time": Verdict.UNCHANGED, "state_bytes": Verdict.UNCHANGED,
@@ -69,7 +75,7 @@ def test_an_unchanged_run_is_unchanged_in_every_metric(tmp_path):
     (dict(losses=[5.5 - 0.1 * i for i in range(3)] + [5.5 - 0.099 * i for i in range(3, 22)]), "loss curve"),
 ])
 def test_each_kind_of_regression_is_flagged_in_its_metric(tmp_path, change, metric):
-    store(tmp_path, bench(info(seed=1)))
+    store_twice(tmp_path, bench(info(seed=1)))
     report = compare([bench(info(seed=2, **change))], discover(tmp_path), POLICY)
     assert [row.metric.split(" (")[0] for row in report.regressions] == [metric]
     if metric == "loss curve":
@@ -78,7 +84,7 @@ def test_each_kind_of_regression_is_flagged_in_its_metric(tmp_path, change, metr
 
 def test_the_time_basis_decides_whether_machine_drift_counts(tmp_path):
     # The whole machine 30 % slower, the calibration step too.
-    store(tmp_path, bench(info(seed=1)))
+    store_twice(tmp_path, bench(info(seed=1)))
     now = [bench(info(step_ms=52.0, calibration=0.0052, seed=2))]
     normalized = load_policy(write_policy(tmp_path, 'format = 1\n[time]\nbasis = { cpu = "normalized" }\n'))
     for policy, verdict in ((POLICY, Verdict.REGRESSED), (normalized, Verdict.UNCHANGED)):
@@ -102,7 +108,7 @@ def test_a_noisy_history_raises_the_time_threshold_and_the_row_says_so(tmp_path)
 
 
 def test_every_judged_time_row_prints_its_threshold(tmp_path):
-    store(tmp_path, bench(info(seed=1)))
+    store_twice(tmp_path, bench(info(seed=1)))
     assert "threshold 8%" in time_row(compare([bench(info(seed=2))], discover(tmp_path), POLICY)).detail
 
 
@@ -131,7 +137,7 @@ def test_the_time_baseline_pools_the_newest_runs_of_the_same_key(tmp_path):
 
 
 def test_time_can_be_reported_without_being_judged(tmp_path):
-    store(tmp_path, bench(info(seed=1)))
+    store_twice(tmp_path, bench(info(seed=1)))
     report = compare([bench(info(step_ms=80.0, seed=2))], discover(tmp_path), POLICY, judge_time=False)
     row = next(r for r in report.rows if r.metric.startswith("step time"))
     assert row.verdict is Verdict.INFO and row.detail.startswith("reported, not judged: by the policy regressed")
@@ -169,7 +175,7 @@ def test_a_gate_that_judged_nothing_says_so_in_its_summary_and_why(tmp_path):
 
 
 def test_a_partly_gated_run_counts_what_was_judged(tmp_path):
-    store(tmp_path, bench(info()))
+    store_twice(tmp_path, bench(info()))
     other = f"test_train[{CASE_ID.replace('adamw', 'sgd')}]"
     report = compare([bench(info()), bench(info(), name=other)], discover(tmp_path), POLICY)
     assert report.summary().startswith("parabench gate: no regression")
@@ -182,7 +188,7 @@ def test_a_baseline_with_forced_kernels_is_judged_on_everything_but_time(tmp_pat
     """AVX2 kernels forced on an AVX-512 host give an AVX2 host's loss bits, not its speed."""
     forced = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
     hardware = {"cpu": "AMD EPYC", "cpu_capability": "AVX2", "cpu_count": 2, "device": "cpu"}
-    store(tmp_path, bench(info(isa="AVX2", hardware={**hardware, "kernels_forced": forced})))
+    store_twice(tmp_path, bench(info(isa="AVX2", hardware={**hardware, "kernels_forced": forced})))
     report = compare([bench(info(step_ms=80.0, state=5_000_000, hardware=hardware))], discover(tmp_path), POLICY)
     time, state = report.rows[0], next(r for r in report.rows if r.metric == "state_bytes")
     assert time.verdict is Verdict.INFO and "ATEN_CPU_CAPABILITY=avx2" in time.detail and "the CPU's own" in time.detail
@@ -353,7 +359,7 @@ def test_regressions_are_repeated_in_the_last_lines(tmp_path):
 
 
 def test_a_baseline_of_other_library_versions_is_compared_naming_them(tmp_path):
-    store(tmp_path, bench(info(seed=1, torch_version="2.12.0+cpu")))
+    store_twice(tmp_path, bench(info(seed=1, torch_version="2.12.0+cpu")))
     shifted = [5.5 - 0.1 * i for i in range(5)] + [5.5 - 0.1 * i + 2e-3 for i in range(5, 22)]
     report = compare([bench(info(step_ms=52.0, losses=shifted, seed=2))], discover(tmp_path), POLICY)
     rows = {row.metric.split(" (")[0]: row for row in report.rows}
@@ -406,7 +412,7 @@ def test_an_empty_selection_is_nothing_gated(tmp_path):
 
 
 def test_a_case_skipped_for_a_missing_package_with_a_baseline_here_is_unjudged(tmp_path):
-    store(tmp_path, bench(info()), bench(info(), name="test_train[deepspeed-zero3-adamw-gpt2_text-w2-fp32]"))
+    store_twice(tmp_path, bench(info()), bench(info(), name="test_train[deepspeed-zero3-adamw-gpt2_text-w2-fp32]"))
     skipped = {"test_train[deepspeed-zero3-adamw-gpt2_text-w2-fp32]": "deepspeed-zero3 needs the package 'deepspeed'"}
     report = compare([bench(info())], discover(tmp_path), POLICY, machine=HERE, skipped=skipped)
     row = next(r for r in report.rows if r.verdict is Verdict.UNJUDGED)
@@ -417,14 +423,14 @@ def test_a_case_skipped_for_a_missing_package_with_a_baseline_here_is_unjudged(t
 
 
 def test_a_skip_without_a_baseline_on_this_machine_is_not_held_against_the_run(tmp_path):
-    store(tmp_path, bench(info()), bench(info(isa="AVX2"), name="test_train[gpu-only]"))
+    store_twice(tmp_path, bench(info()), bench(info(isa="AVX2"), name="test_train[gpu-only]"))
     report = compare([bench(info())], discover(tmp_path), POLICY, machine=HERE,
                      skipped={"test_train[gpu-only]": "needs a CUDA device"})
     assert not report.failed and all(r.verdict is not Verdict.UNJUDGED for r in report.rows)
 
 
 def test_a_missing_case_with_a_baseline_here_fails(tmp_path):
-    store(tmp_path, bench(info()), bench(info(), name="test_train[gone]"))
+    store_twice(tmp_path, bench(info()), bench(info(), name="test_train[gone]"))
     report = compare([bench(info())], discover(tmp_path), POLICY, expected=["test_train[gone]", f"test_train[{CASE_ID}]"],
                      machine=HERE)
     assert [r.reason for r in report.unjudged] == ["missing"] and report.failed
@@ -433,7 +439,7 @@ def test_a_missing_case_with_a_baseline_here_fails(tmp_path):
 
 
 def test_a_baseline_here_under_other_settings_fails_as_not_comparable(tmp_path):
-    store(tmp_path, bench(info()), bench(info(), name="test_train[other]"))
+    store_twice(tmp_path, bench(info()), bench(info(), name="test_train[other]"))
     shorter = info(case={"id": CASE_ID, "precision": "fp32", "world_size": 2, "warmup_steps": 2, "steps": 5})
     report = compare([bench(info(), name="test_train[other]"), bench(shorter)], discover(tmp_path), POLICY,
                      machine=HERE)
@@ -444,7 +450,7 @@ def test_a_baseline_here_under_other_settings_fails_as_not_comparable(tmp_path):
 
 def test_a_metric_the_baseline_has_and_this_run_lacks_is_unjudged(tmp_path):
     comm = [{"all_reduce": {"calls": 1, "bytes": 8, "bus_bytes": 8, "group_sizes": [2]}}] * 2
-    store(tmp_path, bench(info(comm=comm, flops=[100, 100], parity={"max_abs_difference": 0.0, "first_divergence": None,
+    store_twice(tmp_path, bench(info(comm=comm, flops=[100, 100], parity={"max_abs_difference": 0.0, "first_divergence": None,
                                                                     "reference": "single", "atol": 1e-5, "rtol": 0})))
     lacking = info(peak=None)
     lacking["peak_allocated_bytes"] = []
