@@ -9,7 +9,8 @@ Two kinds, kept apart:
   its id, so the gate compares it with the case's stored baseline and must flag it:
   ``slowdown=F`` (each measured step takes ``1+F`` times as long), ``memory=F`` (state bytes and the
   peak allocation grow by ``F``), ``comm=N`` (one more all-reduce of N float32 zeros over all ranks after every
-  step: the numerics stay, the step's collectives change), ``grads-summed`` (gradients summed over replicas, not
+  step: the numerics stay, the step's collectives change), ``peak=F`` (the recorded peak allocation alone grows by
+  ``F``: nothing in the ranks changes), ``grads-summed`` (gradients summed over replicas, not
   averaged) and ``lr0`` (learning rate 0). A perturbed run is marked in its results and is never recorded as a baseline.
 """
 
@@ -69,14 +70,15 @@ class Perturbation:
     kind: str
     amount: float = 0.0
 
-    KINDS = {"slowdown": True, "memory": True, "comm": True, "grads-summed": False, "lr0": False}  # → takes an amount
+    KINDS = {"slowdown": True, "memory": True, "comm": True, "peak": True,  # → takes an amount
+             "grads-summed": False, "lr0": False}
 
     @classmethod
     def parse(cls, text: str) -> "Perturbation":
-        """``slowdown=0.15``, ``memory=0.01``, ``comm=1024``, ``grads-summed`` or ``lr0``."""
+        """``slowdown=0.15``, ``memory=0.01``, ``comm=1024``, ``peak=0.3``, ``grads-summed`` or ``lr0``."""
         kind, _, amount = text.partition("=")
         usage = ("use slowdown=F, memory=F (F a fraction, e.g. 0.15), comm=N (N float32 elements, a whole number), "
-                 "grads-summed or lr0")
+                 "peak=F, grads-summed or lr0")
         if kind not in cls.KINDS:
             raise ValueError(f"unknown perturbation {text!r}; {usage}")
         if cls.KINDS[kind] != bool(amount):
@@ -140,6 +142,12 @@ class Perturbation:
             dist.all_reduce(torch.zeros(int(self.amount), device=device))
             return out
         return more
+
+    def recorded_peak(self, peak_bytes: int | None) -> int | None:
+        """The peak allocation to record: ``1 + amount`` times the measured one (peak=F); else it unchanged."""
+        if self.kind != "peak" or peak_bytes is None:
+            return peak_bytes
+        return round(peak_bytes * (1 + self.amount))
 
     @property
     def grows_memory(self) -> bool:

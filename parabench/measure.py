@@ -51,19 +51,28 @@ def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> Iterable[object
 
 
 def profiled_peak_bytes(step: Callable[[], object]) -> int:
-    """Peak CPU bytes allocated during ``step``, replaying the profiler's per-op allocations in order.
+    """Peak CPU bytes allocated during ``step``: the allocator's own events, replayed in the order they happened.
 
-    Each event's *self* memory delta is replayed in start order; the running maximum is the peak,
-    relative to what was allocated before the step.
+    Each allocation and free the profiler recorded (``[memory]``, on any thread it profiles) is replayed by its
+    time stamp; the running maximum is the peak, relative to what was allocated before the step.
+
+    Not the per-op view (``prof.events()``' self memory at each op's start): torch attributes an allocation to
+    every op whose time span holds it, whatever thread it ran on, so an allocation on the main thread during an
+    asynchronous collective on a gloo thread counted twice, once or not at all depending on how the two threads
+    interleaved. That replay made FSDP2's and ZeRO-3's peaks differ by up to 19.8 % between runs of unchanged
+    code (README, "What a case measures"; docs/evidence/peak_spread.csv).
     """
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import MEMORY_EVENT_NAME
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    allocations = [e for e in prof.profiler.kineto_results.events()
+                   if e.name() == MEMORY_EVENT_NAME and e.device_type() == DeviceType.CPU]
     current = peak = 0
-    for event in events:
-        current += event.self_cpu_memory_usage
+    for event in sorted(allocations, key=lambda e: e.start_ns()):  # stable: one thread's ties keep their order
+        current += event.nbytes()
         peak = max(peak, current)
     return peak
 

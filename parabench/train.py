@@ -124,6 +124,8 @@ def run_case(context: RankContext, case: Case, perturbation: Perturbation | None
                 unperturbed = peak
                 peak = profiled_peak_bytes(lambda: _holding(perturbation.ballast(unperturbed, context.device), step))
             reserved = None
+        if perturbation:
+            peak = perturbation.recorded_peak(peak)
         result = RankResult(rank=context.rank, global_batch=data.global_batch, losses=losses,
                             step_seconds=step_seconds, setup_seconds=setup_seconds, state_bytes=state,
                             peak_allocated_bytes=peak, cuda_max_reserved_bytes=reserved, rss_bytes=rss_bytes(),
