@@ -330,7 +330,7 @@ def epochs_table(run: ReportRun) -> Table | None:
 
 # --- two runs ----------------------------------------------------------------------------------------------------
 
-_WORST_FIRST = ("regressed", "not comparable", "missing", "new", "improved", "unchanged", "info")
+_WORST_FIRST = ("regressed", "unjudged", "not comparable", "missing", "new", "improved", "unchanged", "info")
 
 
 def deltas(run: ReportRun, base: ReportRun, report) -> tuple[Table, list[tuple[str, float, float, str]]]:
