@@ -42,7 +42,36 @@ def parser() -> argparse.ArgumentParser:
                             help="only these benchmark names, one a line (e.g. the names `pytest bench/ "
                                  "--collect-only -q` lists after '::')")
     thresholds.add_argument("--csv", metavar="PATH", default=None, help="write every row here (replaced whole)")
+    host = commands.add_parser(
+        "host", help="this host's kind and how many stored runs of it measure as this version does",
+        description="Print this host's machine kind (device, CPU or GPU, kernel instruction set, forced kernels) and "
+                    "the stored runs made on that kind with this version's measurements (parabench.measure."
+                    "MEASURES); exit 0 when there is one, 3 when there is none (a new host kind: record its "
+                    "baselines with tox -e record).")
+    host.add_argument("--storage", default=STORAGE, help=f"where runs are stored (default {STORAGE}/)")
+    host.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     return main
+
+
+def host(args: argparse.Namespace) -> int:
+    """``python -m parabench host``: 0 when this host kind has stored runs measured as now, else 3."""
+    from parabench.baselines import discover
+    from parabench.env import device_type, hardware
+    from parabench.keys import hardware_name
+    from parabench.measure import MEASURES
+
+    device = device_type(args.device)
+    here = hardware(device)
+    kind = (device, hardware_name(here), here.get("kernels_forced"))
+    runs = [run for run in discover(args.storage)
+            if any((b["extra_info"].get("device"), hardware_name(b["extra_info"].get("hardware", {})),
+                    b["extra_info"].get("hardware", {}).get("kernels_forced")) == kind
+                   and all(b["extra_info"].get("measures", {}).get(m, 1) == v for m, v in MEASURES.items())
+                   for b in run.benchmarks)]
+    forced = ", ".join(f"{k}={v}" for k, v in (kind[2] or {}).items()) or "the CPU's own kernels"
+    print(f"this host: {kind[0]}, {kind[1]}, {forced}; stored runs of this kind measured as now: {len(runs)}"
+          + (f" (newest {runs[-1].path})" if runs else ""))
+    return 0 if runs else 3
 
 
 def thresholds(args: argparse.Namespace) -> str:
@@ -95,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
+    if args.command == "host":
+        return host(args)
     if args.command == "thresholds":
         print(thresholds(args))
         return 0

@@ -32,6 +32,7 @@ UNJUDGED_REASONS: dict[str, str] = {
     "not-comparable": "a case with a baseline on this machine was stored under another key (steps, data, threads, "
                       "pinning, launch, versions under [key] versions = \"equal\")",
     "metric-missing": "a metric the baseline has and this run lacks",
+    "remeasured": "the baseline measured a metric another way (an older version of its measurement): re-record",
     "time-spread": "step time was to be judged, but the stored runs spread too much for a useful threshold",
 }
 
@@ -342,6 +343,15 @@ def judge_case(name: str, baselines: Sequence[Mapping[str, Any]], now: Mapping[s
     for metric in ("state_bytes", "peak_allocated_bytes", "cuda_max_reserved_bytes", "rss_bytes"):
         after = _per_rank_bytes(now, metric)
         pooled = baselines if metric == "peak_allocated_bytes" else baselines[:1]
+        if metric in JUDGED_BYTES:
+            version = measured_by(now, metric)
+            if after and measured_by(baseline, metric) != version:
+                rows.append(Row(name, metric, Verdict.UNJUDGED, now=f"version {version}", detail=(
+                    f"the baseline measured {metric} another way (version {measured_by(baseline, metric)}, now "
+                    f"{version}: parabench.measure.MEASURES says what changed); re-record this machine's baselines "
+                    f"({RECORD_HINT})"), source=source, reason="remeasured"))
+                continue
+            pooled = [info for info in pooled if measured_by(info, metric) == version]
         stored = [b for b in (_per_rank_bytes(info, metric) for info in pooled) if b and len(b) == len(after)]
         if after and stored:
             judgements = [judge_bytes_range([b[rank] for b in stored], a, rules.memory[metric])
@@ -360,6 +370,12 @@ def judge_case(name: str, baselines: Sequence[Mapping[str, Any]], now: Mapping[s
     elif baseline.get("parity"):
         rows.append(_metric_missing(name, "parity", "checked", "none", source))
     return rows
+
+
+def measured_by(info: Mapping[str, Any], metric: str) -> int:
+    """The version of ``metric``'s measurement a result was made with (``parabench.measure.MEASURES``; 1 before
+    results recorded it)."""
+    return int((info.get("measures") or {}).get(metric, 1))
 
 
 def _metric_missing(name: str, metric: str, baseline: str, now: str, source: str) -> Row:

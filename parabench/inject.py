@@ -10,7 +10,9 @@ Two kinds, kept apart:
   ``slowdown=F`` (each measured step takes ``1+F`` times as long), ``memory=F`` (state bytes and the
   peak allocation grow by ``F``), ``comm=N`` (one more all-reduce of N float32 zeros over all ranks after every
   step: the numerics stay, the step's collectives change), ``peak=F`` (the recorded peak allocation alone grows by
-  ``F``: nothing in the ranks changes), ``grads-summed`` (gradients summed over replicas, not
+  ``F``: nothing in the ranks changes), ``no-peak`` (no peak recorded, as if its probe broke), ``drift=F`` (the
+loss curve's distance from the one-process reference, step by step, grows by ``1 + F``: the parity check and the
+known deviations' recorded drift see it), ``grads-summed`` (gradients summed over replicas, not
   averaged) and ``lr0`` (learning rate 0). A perturbed run is marked in its results and is never recorded as a baseline.
 """
 
@@ -70,15 +72,16 @@ class Perturbation:
     kind: str
     amount: float = 0.0
 
-    KINDS = {"slowdown": True, "memory": True, "comm": True, "peak": True,  # → takes an amount
-             "grads-summed": False, "lr0": False}
+    KINDS = {"slowdown": True, "memory": True, "comm": True, "peak": True, "drift": True,  # → takes an amount
+             "no-peak": False, "grads-summed": False, "lr0": False}
 
     @classmethod
     def parse(cls, text: str) -> "Perturbation":
-        """``slowdown=0.15``, ``memory=0.01``, ``comm=1024``, ``peak=0.3``, ``grads-summed`` or ``lr0``."""
+        """``slowdown=0.15``, ``memory=0.01``, ``comm=1024``, ``peak=0.3``, ``drift=1``, ``no-peak``, ``grads-summed``
+        or ``lr0``."""
         kind, _, amount = text.partition("=")
         usage = ("use slowdown=F, memory=F (F a fraction, e.g. 0.15), comm=N (N float32 elements, a whole number), "
-                 "peak=F, grads-summed or lr0")
+                 "peak=F, drift=F, no-peak, grads-summed or lr0")
         if kind not in cls.KINDS:
             raise ValueError(f"unknown perturbation {text!r}; {usage}")
         if cls.KINDS[kind] != bool(amount):
@@ -145,9 +148,17 @@ class Perturbation:
 
     def recorded_peak(self, peak_bytes: int | None) -> int | None:
         """The peak allocation to record: ``1 + amount`` times the measured one (peak=F); else it unchanged."""
+        if self.kind == "no-peak":
+            return None
         if self.kind != "peak" or peak_bytes is None:
             return peak_bytes
         return round(peak_bytes * (1 + self.amount))
+
+    def drifted(self, losses: list[float], reference: list[float]) -> list[float]:
+        """The loss curve ``1 + amount`` times as far from ``reference`` at every step (drift=F); else unchanged."""
+        if self.kind != "drift":
+            return list(losses)
+        return [ref + (1 + self.amount) * (loss - ref) for loss, ref in zip(losses, reference)]
 
     @property
     def grows_memory(self) -> bool:

@@ -14,6 +14,14 @@ import torch
 
 STATE_CATEGORIES = ("params", "grads", "optimizer", "master")
 
+# How each memory metric is measured, by version: a stored value of another version measured something else, and
+# the gate does not compare the two (it names the metric "remeasured": re-record). Stored results without this
+# field are version 1.
+#   peak_allocated_bytes 2: the profiler's allocation and free events replayed in time order (1: each op's self
+#     memory at its start, which counted asynchronous collectives' buffers twice, once or not at all)
+#   state_bytes 2: every storage a rank holds, DeepSpeed ZeRO-3's fp32 partition copy in fp32 runs included
+MEASURES = {"peak_allocated_bytes": 2, "state_bytes": 2}
+
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
     """The shard this rank holds (DTensor → its local tensor)."""

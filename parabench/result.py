@@ -101,6 +101,8 @@ class CaseResult:
 
     def extra_info(self) -> dict[str, Any]:
         """Everything the gate and reports read, in the keys they expect (stored by pytest-benchmark)."""
+        from parabench.measure import MEASURES
+
         return {
             "case": self.case.to_dict(),
             "loss": self.losses,
@@ -110,6 +112,7 @@ class CaseResult:
             "global_batch": self.global_batch,
             "state_bytes": [r.state_bytes for r in self.ranks],
             "peak_allocated_bytes": [r.peak_allocated_bytes for r in self.ranks],
+            "measures": dict(MEASURES),
             "cuda_max_reserved_bytes": [r.cuda_max_reserved_bytes for r in self.ranks],
             "rss_bytes": [r.rss_bytes for r in self.ranks],
             "setup_seconds": max(r.setup_seconds for r in self.ranks),

@@ -483,3 +483,23 @@ def test_a_baseline_without_counts_says_so_in_its_row(tmp_path):
 def test_an_unknown_opt_out_is_refused_naming_the_known_ones():
     with pytest.raises(ValueError, match="unknown --bench-gate-allow reason.*known: nothing-gated, missing"):
         compare([], [], POLICY, allowed=["everything"])
+
+
+def test_a_metric_measured_another_way_in_the_baseline_is_not_compared_but_unjudged(tmp_path):
+    store_twice(tmp_path, bench(info(peak=5_000_000)))  # stored before results said how they measured (version 1)
+    now = info(peak=10_000_000, state=4_000_000, measures={"peak_allocated_bytes": 2, "state_bytes": 1})
+    report = compare([bench(now)], discover(tmp_path), POLICY, machine=HERE)
+    rows = {r.metric: r for r in report.rows}
+    assert rows["peak_allocated_bytes"].verdict is Verdict.UNJUDGED and rows["peak_allocated_bytes"].reason == "remeasured"
+    assert "version 1, now 2" in rows["peak_allocated_bytes"].detail and not report.regressions
+    assert rows["state_bytes"].verdict is Verdict.UNCHANGED and report.failed
+    assert not compare([bench(now)], discover(tmp_path), POLICY, machine=HERE, allowed=["remeasured"]).failed
+
+
+def test_the_peak_range_pools_only_runs_measured_the_same_way(tmp_path):
+    versions = {"peak_allocated_bytes": 2, "state_bytes": 2}
+    store(tmp_path, bench(info(peak=20_000_000)), name="0001_old.json", when="2026-01-01")
+    store(tmp_path, bench(info(peak=10_000_000, measures=versions)), name="0002_new.json", when="2026-02-01")
+    report = compare([bench(info(peak=15_000_000, measures=versions))], discover(tmp_path), POLICY, machine=HERE)
+    peak = next(r for r in report.rows if r.metric == "peak_allocated_bytes")
+    assert peak.verdict is Verdict.REGRESSED  # not within the 10-20 MB span the old run would have opened
