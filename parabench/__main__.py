@@ -62,14 +62,14 @@ def host(args: argparse.Namespace) -> int:
 
     device = device_type(args.device)
     here = hardware(device)
-    kind = (device, hardware_name(here), here.get("kernels_forced"))
+    # The kind as the gate keys it (fixtures.gate.this_machine): device and hardware name, forced kernels or not
+    # (an AVX2 host is judged against the AVX2 runs recorded with AVX2 kernels forced on an AVX-512 host).
+    kind = (device, hardware_name(here))
     runs = [run for run in discover(args.storage)
-            if any((b["extra_info"].get("device"), hardware_name(b["extra_info"].get("hardware", {})),
-                    b["extra_info"].get("hardware", {}).get("kernels_forced")) == kind
+            if any((b["extra_info"].get("device"), hardware_name(b["extra_info"].get("hardware", {}))) == kind
                    and all(b["extra_info"].get("measures", {}).get(m, 1) == v for m, v in MEASURES.items())
                    for b in run.benchmarks)]
-    forced = ", ".join(f"{k}={v}" for k, v in (kind[2] or {}).items()) or "the CPU's own kernels"
-    print(f"this host: {kind[0]}, {kind[1]}, {forced}; stored runs of this kind measured as now: {len(runs)}"
+    print(f"this host: {kind[0]}, {kind[1]}; stored runs of this kind measured as now: {len(runs)}"
           + (f" (newest {runs[-1].path})" if runs else ""))
     return 0 if runs else 3
 

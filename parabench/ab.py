@@ -141,7 +141,7 @@ def compare_sides(benchmarks: Sequence[Mapping[str, Any]], policy, rule: PairedR
     from parabench.gate import GateReport, Row, _across_versions, judge_case, version_changes
     from parabench.keys import machine_key
 
-    report = GateReport(injected=injected, labels=("base", "head"), sides=dict(sides), fail_closed=False)
+    report = GateReport(injected=injected, labels=("base", "head"), sides=dict(sides))
     paired_cases, rows_of, across = {}, {}, {}
     for bench in sorted(benchmarks, key=lambda b: b["name"]):
         info = bench["extra_info"]

@@ -457,6 +457,13 @@ def _judge_step_time(baselines: Sequence[Mapping[str, Any]], now: Mapping[str, A
             f"{rules.time_min_runs}: one run says nothing of how far its own median moves between sessions; record "
             f"more (tox -e record records three) or judge time with --bench-ab{pooled}{machine}"))
     if threshold > rules.time_max_threshold:
+        wide = judge_time(before, after, replace(rule, threshold=min(threshold, 0.99)),
+                          unit="× cal" if normalized else "s")
+        if wide.verdict is Verdict.REGRESSED:  # slower even than the stored runs' own spread allows: a regression
+            return Judgement(Verdict.REGRESSED, absolute.baseline, absolute.now, wide.change, (
+                f"{wide.detail.replace(f'threshold ±{min(threshold, 0.99):.0%}', how, 1)}: beyond even the wide "
+                f"threshold the stored runs' spread sets (above max_threshold {rules.time_max_threshold:.0%}, so "
+                f"smaller changes go unjudged){pooled}{machine}"))
         return Judgement(Verdict.UNJUDGED, absolute.baseline, absolute.now, absolute.change, (
             f"not judged: the stored runs' medians spread {spread:.1%}, so the threshold would be {threshold:.0%}, "
             f"above the policy's max_threshold {rules.time_max_threshold:.0%}; judge time with --bench-ab (both "

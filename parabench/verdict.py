@@ -123,8 +123,9 @@ def judge_bytes_range(stored: Sequence[int], now: int, rule: BytesRule) -> Judge
     high = judge_bytes(max(stored), now, rule)
     if len(set(stored)) == 1 or high.verdict is not Verdict.IMPROVED:
         judgement = high
-    else:
-        judgement = judge_bytes(min(stored), now, rule)
+    else:  # below the highest: improved only below the lowest too, else within the span (unchanged)
+        low = judge_bytes(min(stored), now, rule)
+        judgement = low if low.verdict is Verdict.IMPROVED else replace(low, verdict=Verdict.UNCHANGED)
     if len(set(stored)) == 1:
         return judgement
     span = f"{_bytes(min(stored))}–{_bytes(max(stored))}"

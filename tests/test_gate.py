@@ -115,17 +115,21 @@ def test_every_judged_time_row_prints_its_threshold(tmp_path):
 def test_stored_runs_that_spread_beyond_the_bound_leave_time_unjudged_and_the_gate_fails(tmp_path):
     for i, step_ms in enumerate([40.0, 48.0]):  # medians 20 % apart: 30 % would be needed, the bound is 15 %
         store(tmp_path, bench(info(step_ms=step_ms, seed=i)), name=f"000{i}_r.json", when=f"2026-0{i + 1}-01")
-    report = compare([bench(info(step_ms=60.0, seed=9))], discover(tmp_path), POLICY)
+    report = compare([bench(info(step_ms=50.0, seed=9))], discover(tmp_path), POLICY)
     row = time_row(report)
     assert row.verdict is Verdict.UNJUDGED and row.reason == "time-spread" and report.failed
     assert re.search(r"spread (1[7-9]|2[0-3])\.\d%, so the threshold would be \d\d%, above the policy's "
                      r"max_threshold 15%", row.detail), row.detail
     assert "--bench-ab" in row.detail and "--bench-gate-allow=time-spread" in "\n".join(report.unjudged_lines())
-    excused = compare([bench(info(step_ms=60.0, seed=9))], discover(tmp_path), POLICY, allowed=["time-spread"])
+    excused = compare([bench(info(step_ms=50.0, seed=9))], discover(tmp_path), POLICY, allowed=["time-spread"])
     assert not excused.failed and excused.excused() == {"time-spread": 1}
     assert "opt-outs used: --bench-gate-allow=time-spread (1 excused)" in excused.unjudged_lines()
-    reported = compare([bench(info(step_ms=60.0, seed=9))], discover(tmp_path), POLICY, judge_time=False)
+    reported = compare([bench(info(step_ms=50.0, seed=9))], discover(tmp_path), POLICY, judge_time=False)
     assert time_row(reported).verdict is Verdict.INFO and not reported.failed
+    # Slower than even the wide threshold the spread sets: a regression, whatever the bound.
+    much = time_row(compare([bench(info(step_ms=180.0, seed=9))], discover(tmp_path), POLICY))
+    assert much.verdict is Verdict.REGRESSED and "beyond even the wide threshold" in much.detail
+
 
 
 def test_the_time_baseline_pools_the_newest_runs_of_the_same_key(tmp_path):

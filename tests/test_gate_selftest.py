@@ -1,6 +1,6 @@
 """The gate catches what it must: perturbations injected into a real case, judged against its recorded baseline.
 
-One DDP + SGD case is recorded once into a private store; each test then runs it again under the
+One DDP + SGD case is recorded twice into a private store (time is judged against two runs at least); each test then runs it again under the
 gate, unchanged or with one perturbation (``--bench-inject``), and reads the verdicts the gate wrote.
 SGD with momentum, unlike Adam, is not blind to a gradient-scaling bug (DESIGN §4).
 """
@@ -21,9 +21,10 @@ SELECTION = ["bench/test_torch_strategies.py", "-k", f"{CASE} and not ga2"]
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     storage = tmp_path_factory.mktemp("baselines")
-    recorded = pytest_run(*SELECTION, f"--benchmark-storage=file://{storage}", "--bench-record")
-    assert recorded.returncode == 0, outcome(recorded)
-    [path] = storage.glob("*/0001_baseline_cpu-*.json")
+    for _ in range(2):
+        recorded = pytest_run(*SELECTION, f"--benchmark-storage=file://{storage}", "--bench-record")
+        assert recorded.returncode == 0, outcome(recorded)
+    [path, _] = sorted(storage.glob("*/000[12]_baseline_cpu-*.json"))
     assert json.loads(path.read_text())["benchmarks"][0]["extra_info"]["case"]["id"] == CASE
     return storage
 
@@ -45,7 +46,9 @@ def test_unchanged_code_keeps_every_deterministic_metric(store, tmp_path):
     for metric in ("state_bytes", "peak_allocated_bytes", "loss curve", "parity"):
         assert rows[metric]["verdict"] == "unchanged", rows[metric]
     assert rows["loss curve"]["detail"] == "every step equal (bit for bit)"
-    assert result.returncode == (1 if report["regressed"] else 0), outcome(result)
+    # Only time may go unjudged (two runs recorded under the other test worker's load may spread too much).
+    assert all(row["reason"] in ("", "time-spread") for row in rows.values()), rows
+    assert result.returncode == (1 if report["failed"] else 0), outcome(result)
 
 
 def test_a_slowdown_is_flagged_in_step_time(store, tmp_path):

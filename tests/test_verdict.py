@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parabench.known import DRIFT_MARGIN
-from parabench.verdict import (BytesRule, CurveRule, TimeRule, Verdict, judge_bytes, judge_curve, judge_parity,
+from parabench.verdict import (BytesRule, CurveRule, TimeRule, Verdict, judge_bytes, judge_bytes_range, judge_curve, judge_parity,
                                judge_time)
 
 RULE = TimeRule(threshold=0.10, alpha=0.01, min_samples=5)
@@ -160,3 +160,10 @@ def test_an_absolute_byte_floor_covers_tiny_peaks_and_nothing_beyond():
     assert judge_bytes(2_000_000, 2_700_000, rule).verdict is Verdict.REGRESSED
     with pytest.raises(ValueError, match="atol"):
         BytesRule(atol=-1)
+
+
+def test_a_peak_within_the_span_of_the_stored_runs_is_unchanged_and_below_it_improved():
+    rule = BytesRule(rtol=0.002)
+    assert judge_bytes_range([20_000_000, 20_000_000, 10_000_000], 19_900_000, rule).verdict is Verdict.UNCHANGED
+    assert judge_bytes_range([20_000_000, 10_000_000], 9_000_000, rule).verdict is Verdict.IMPROVED
+    assert judge_bytes_range([20_000_000, 10_000_000], 20_100_000, rule).verdict is Verdict.REGRESSED
