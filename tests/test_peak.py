@@ -20,7 +20,9 @@ from parabench.verdict import Verdict
 REPO = Path(__file__).resolve().parents[1]
 POLICY = load_policy(REPO / "baselines" / "policy.toml")
 # A stored default-profile run of an AVX-512 host that holds both strategies' cases.
-STORED = REPO / "baselines" / "Linux-CPython-3.11-64bit" / "0016_baseline_cpu-amd_epyc-avx512-2cpus.json"
+# Three runs of the CI profile measured as this version measures (an Intel Xeon host, AVX-512 kernels)
+RECORDED = sorted((REPO / "baselines" / "Linux-CPython-3.11-64bit").glob("002[234]_baseline_cpu-intel_*avx512*.json"))
+STORED = RECORDED[-1]
 CASES = ("torch-fsdp-adamw-gpt2_text-w2-fp32", "torch-fsdp-sgd-gpt2_text-w2-fp32-ga2",
          "deepspeed-zero3-adamw-gpt2_text-w2-fp32", "deepspeed-zero3-adamw-vit_digits-w2-fp32")
 MIB = 1024 * 1024
@@ -103,6 +105,17 @@ def peak_verdict(case_id: str, perturbation: Perturbation | None, policy) -> Ver
 def test_a_30_percent_larger_peak_is_red_for_fsdp2_and_zero3(case_id):
     assert peak_verdict(case_id, None, POLICY) is Verdict.UNCHANGED
     assert peak_verdict(case_id, Perturbation.parse("peak=0.3"), POLICY) is Verdict.REGRESSED
+
+
+@pytest.mark.parametrize("case_id", CASES)
+def test_the_committed_runs_of_unchanged_code_agree_within_the_tolerance(case_id):
+    """The three committed runs (one of them beside the harness's tests) against each other: no false alarm."""
+    runs = [load_run(path) for path in RECORDED]
+    benches = [next(b for b in run.benchmarks if b["name"] == f"test_train[{case_id}]") for run in runs]
+    for now, run in zip(benches, runs):
+        report = compare([now], [other for other in runs if other is not run], POLICY)
+        (row,) = [row for row in report.rows if row.metric == "peak_allocated_bytes"]
+        assert row.verdict is Verdict.UNCHANGED, row
 
 
 @pytest.mark.parametrize("case_id", CASES)
