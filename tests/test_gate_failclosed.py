@@ -1,0 +1,60 @@
+"""The gate fails closed in a real session: a case this environment cannot run, with a baseline here, is red."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from parabench.baselines import atomic_write, discover, newest_by_name
+from parabench.env import hardware
+from parabench.measure import MEASURES
+from tests.test_end_to_end import outcome, pytest_run
+
+REPO = Path(__file__).resolve().parents[1]
+CASE = "deepspeed-zero3-adamw-gpt2_text-w2-fp32"
+SELECTION = ["bench/test_deepspeed.py", "-k", f"test_train and {CASE} and not (ga2 or ckpt or hpz2 or offload)"]
+# What a broken install looks like at the point where the suite decides (parabench.requirements), without
+# uninstalling anything: the package is not found.
+HIDE = """import parabench.requirements as requirements
+found = requirements.package_available
+requirements.package_available = lambda name: name != "deepspeed" and found(name)
+"""
+
+
+def stored_here(tmp_path: Path, *, measures: dict | None = None) -> Path:
+    """A store holding the committed result of CASE, as if recorded on this machine (with ``measures``)."""
+    (_, bench), *_ = newest_by_name(discover(REPO / "baselines"))[f"test_train[{CASE}]"]
+    bench = json.loads(json.dumps(bench))
+    bench["extra_info"]["hardware"] = hardware("cpu")
+    bench["extra_info"]["measures"] = dict(MEASURES) if measures is None else measures
+    storage = tmp_path / "store"
+    atomic_write(storage / "Linux-CPython-3.11-64bit" / "0001_here.json",
+                 json.dumps({"datetime": "2026-12-01T00:00:00", "benchmarks": [bench]}).encode())
+    return storage
+
+
+def test_a_case_skipped_for_a_missing_package_fails_the_gate_unless_excused_by_name(tmp_path):
+    storage = stored_here(tmp_path)
+    (tmp_path / "hide_deepspeed.py").write_text(HIDE)
+    env = {"PYTHONPATH": str(tmp_path)}
+    common = [*SELECTION, "-p", "hide_deepspeed", "--bench-profile=ci", "--bench-gate", "--bench-gate-time=report",
+              f"--benchmark-storage=file://{storage}", f"--bench-report={tmp_path / 'report'}"]
+    red = pytest_run(*common, env=env, timeout=300)
+    assert red.returncode == 1, outcome(red)
+    rows = json.loads((tmp_path / "report" / "gate.json").read_text())["rows"]
+    assert [(r["verdict"], r["reason"]) for r in rows] == [("unjudged", "skipped")], rows
+    assert "needs the package 'deepspeed'" in rows[0]["detail"]
+    assert "[--bench-gate-allow=skipped excuses it]" in red.stdout, outcome(red)
+    excused = pytest_run(*common, "--bench-gate-allow=skipped,nothing-gated", env=env, timeout=300)
+    assert excused.returncode == 0, outcome(excused)
+    assert "opt-outs used: --bench-gate-allow=nothing-gated (1 excused), --bench-gate-allow=skipped (1 excused)" \
+        in excused.stdout, outcome(excused)
+
+
+def test_host_says_whether_this_kind_has_runs_measured_as_now(tmp_path, capsys):
+    from parabench.__main__ import main
+
+    assert main(["host", "--storage", str(tmp_path / "none"), "--device", "cpu"]) == 3
+    assert main(["host", "--storage", str(stored_here(tmp_path / "old", measures={})), "--device", "cpu"]) == 3
+    assert main(["host", "--storage", str(stored_here(tmp_path / "now")), "--device", "cpu"]) == 0
+    assert "stored runs of this kind measured as now: 1" in capsys.readouterr().out
