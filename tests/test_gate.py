@@ -507,3 +507,17 @@ def test_the_peak_range_pools_only_runs_measured_the_same_way(tmp_path):
     report = compare([bench(info(peak=15_000_000, measures=versions))], discover(tmp_path), POLICY, machine=HERE)
     peak = next(r for r in report.rows if r.metric == "peak_allocated_bytes")
     assert peak.verdict is Verdict.REGRESSED  # not within the 10-20 MB span the old run would have opened
+
+
+def test_peaks_are_compared_highest_to_highest_since_which_rank_peaks_highest_can_change(tmp_path):
+    swapped = info()
+    store_twice(tmp_path, bench(info(peak_allocated_bytes=[14_216_000, 12_465_000])))
+    swapped["peak_allocated_bytes"] = [12_465_000, 14_216_000]
+    row = next(r for r in compare([bench(swapped)], discover(tmp_path), POLICY).rows
+               if r.metric == "peak_allocated_bytes")
+    assert row.verdict is Verdict.UNCHANGED and "highest of 2 ranks' peaks" in row.detail
+    both = info()
+    both["peak_allocated_bytes"] = [14_216_000, 14_216_000]  # the second rank now peaks as high as the first
+    row = next(r for r in compare([bench(both)], discover(tmp_path), POLICY).rows
+               if r.metric == "peak_allocated_bytes")
+    assert row.verdict is Verdict.REGRESSED and "2nd highest" in row.detail
