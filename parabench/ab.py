@@ -25,18 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy.stats import false_discovery_control, wilcoxon
 
-from parabench.verdict import Verdict
-
-
-@dataclass(frozen=True)
-class PairedRule:
-    threshold: float = 0.05  # a slowdown below 5 % is not a regression, however sure
-    alpha: float = 0.05      # per session: the chance that an unchanged session raises any alarm
-    rounds: int = 8          # one run of each case on each side per round
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.threshold < 1 or not 0 < self.alpha < 1 or self.rounds < 2:
-            raise ValueError(f"A/B rule {self}: need 0 ≤ threshold < 1, 0 < alpha < 1 and rounds ≥ 2")
+from parabench.verdict import PairedRule, Verdict
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
-from parabench.verdict import BytesRule, CurveRule, TimeRule
+from parabench.verdict import BytesRule, CurveRule, PairedRule, TimeRule
 
 POLICY_FORMAT = 1
 DEVICES = ("cpu", "cuda")
@@ -63,9 +63,7 @@ class Policy:
     ab: dict[str, Any]  # the [ab] table: PairedRule's fields
 
     def ab_rule(self):
-        """The paired A/B rule (``parabench.ab.PairedRule``) of this policy."""
-        from parabench.ab import PairedRule
-
+        """The paired A/B rule (``parabench.verdict.PairedRule``) of this policy."""
         return PairedRule(**self.ab)
 
     def rules(self, case_id: str, device: str) -> Rules:

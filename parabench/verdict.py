@@ -44,6 +44,20 @@ class TimeRule:
 
 
 @dataclass(frozen=True)
+class PairedRule:
+    """The paired A/B rule (``parabench.ab``): head against base over ``rounds`` interleaved rounds, a slowdown
+    beyond ``threshold`` regressed at ``alpha`` per session."""
+
+    threshold: float = 0.05  # a slowdown below 5 % is not a regression, however sure
+    alpha: float = 0.05      # per session: the chance that an unchanged session raises any alarm
+    rounds: int = 8          # one run of each case on each side per round
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.threshold < 1 or not 0 < self.alpha < 1 or self.rounds < 2:
+            raise ValueError(f"A/B rule {self}: need 0 ≤ threshold < 1, 0 < alpha < 1 and rounds ≥ 2")
+
+
+@dataclass(frozen=True)
 class BytesRule:
     """A change beyond ``atol`` bytes + ``rtol`` (relative) is a regression or an improvement."""
 
