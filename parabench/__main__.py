@@ -56,18 +56,16 @@ def parser() -> argparse.ArgumentParser:
 def host(args: argparse.Namespace) -> int:
     """``python -m parabench host``: 0 when this host kind has stored runs measured as now, else 3."""
     from parabench.baselines import discover
-    from parabench.env import device_type, hardware
-    from parabench.keys import hardware_name
+    from parabench.gate import measured_by
+    from parabench.keys import machine_kind, this_machine_kind
     from parabench.measure import MEASURES
 
-    device = device_type(args.device)
-    here = hardware(device)
-    # The kind as the gate keys it (fixtures.gate.this_machine): device and hardware name, forced kernels or not
-    # (an AVX2 host is judged against the AVX2 runs recorded with AVX2 kernels forced on an AVX-512 host).
-    kind = (device, hardware_name(here))
+    # The kind as the gate keys it: device and hardware name, forced kernels or not (an AVX2 host is judged against
+    # the AVX2 runs recorded with AVX2 kernels forced on an AVX-512 host).
+    kind = this_machine_kind(args.device)
     runs = [run for run in discover(args.storage)
-            if any((b["extra_info"].get("device"), hardware_name(b["extra_info"].get("hardware", {}))) == kind
-                   and all(b["extra_info"].get("measures", {}).get(m, 1) == v for m, v in MEASURES.items())
+            if any(machine_kind(b["extra_info"]) == kind
+                   and all(measured_by(b["extra_info"], metric) == version for metric, version in MEASURES.items())
                    for b in run.benchmarks)]
     print(f"this host: {kind[0]}, {kind[1]}; stored runs of this kind measured as now: {len(runs)}"
           + (f" (newest {runs[-1].path})" if runs else ""))

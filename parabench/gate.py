@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable, Mapping, Sequence
 
 from parabench.baselines import RECORD_HINT, StoredRun, newest_by_name
-from parabench.keys import hardware_name, key_differences, machine_key
+from parabench.keys import key_differences, machine_key, machine_kind
 from parabench.policy import Policy, Rules
 from parabench.verdict import (Judgement, Verdict, judge_bytes_range, judge_comm, judge_curve, judge_flops, judge_parity,
                                judge_time)
@@ -64,8 +64,6 @@ class GateReport:
     labels: tuple[str, str] = ("baseline", "now")
     sides: dict[str, Any] | None = None  # A/B: each side's interpreter, tree and versions (``parabench.ab``)
     allowed: frozenset[str] = frozenset()  # the UNJUDGED_REASONS this run excuses (--bench-gate-allow)
-    # False for an A/B session, whose head/base rows are judged as they come (no store to be complete against)
-    fail_closed: bool = True
 
     @property
     def regressions(self) -> list[Row]:
@@ -74,12 +72,12 @@ class GateReport:
     @property
     def unjudged(self) -> list[Row]:
         """Rows that should have been judged and were not, and are not excused: each fails the gate."""
-        return [row for row in self.rows if row.reason and row.reason not in self.allowed and self.fail_closed]
+        return [row for row in self.rows if row.reason and row.reason not in self.allowed]
 
     @property
     def nothing_gated(self) -> bool:
         """No case was judged at all (an empty selection, an empty store, a new host kind), and it is not excused."""
-        return self.fail_closed and not self.judged_cases() and "nothing-gated" not in self.allowed
+        return not self.judged_cases() and "nothing-gated" not in self.allowed
 
     @property
     def failed(self) -> bool:
@@ -117,8 +115,7 @@ class GateReport:
         if self.unjudged:
             parts.append(f"{len({r.name for r in self.unjudged})} case(s) UNJUDGED")
         if not self.judged_cases():
-            parts.append("NOTHING GATED" + (" (excused: --bench-gate-allow=nothing-gated)"
-                                            if self.fail_closed and not self.nothing_gated else ""))
+            parts.append("NOTHING GATED" + ("" if self.nothing_gated else " (excused: --bench-gate-allow=nothing-gated)"))
         verdict = ", ".join(parts) or "no regression"
         return f"parabench gate: {verdict} ({counts}; cases by their worst metric)"
 
@@ -227,12 +224,10 @@ def compare(now: Sequence[Mapping[str, Any]], stored: Iterable[StoredRun], polic
     report = GateReport(injected=injected, allowed=frozenset(allowed))
     history = newest_by_name(stored)
     measured = {bench["name"] for bench in now}
-    here = {machine} if machine else {(b["extra_info"].get("device"), _hardware(b["extra_info"])) for b in now
-                                      if "case" in b["extra_info"]}
+    here = {machine} if machine else {machine_kind(b["extra_info"]) for b in now if "case" in b["extra_info"]}
 
     def on_this_machine(name: str) -> list:
-        return [(run, old) for run, old in history.get(name, [])
-                if not here or (old["extra_info"].get("device"), _hardware(old["extra_info"])) in here]
+        return [(run, old) for run, old in history.get(name, []) if not here or machine_kind(old["extra_info"]) in here]
 
     # With versions = "compare" the library versions leave the key: a stored run of other versions is compared
     # (the runs of this run's versions first, if any), and every row of such a case names what differs.
@@ -467,18 +462,19 @@ def _judge_step_time(baselines: Sequence[Mapping[str, Any]], now: Mapping[str, A
             f"more (tox -e record records three) or judge time with --bench-ab{pooled}{machine}"))
     if threshold > rules.time_max_threshold:
         wide = judge_time(before, after, replace(rule, threshold=min(threshold, 0.99)),
-                          unit="× cal" if normalized else "s")
+                          unit="× cal" if normalized else "s", threshold_label=how)
         if wide.verdict is Verdict.REGRESSED:  # slower even than the stored runs' own spread allows: a regression
             return Judgement(Verdict.REGRESSED, absolute.baseline, absolute.now, wide.change, (
-                f"{wide.detail.replace(f'threshold ±{min(threshold, 0.99):.0%}', how, 1)}: beyond even the wide "
+                f"{wide.detail}: beyond even the wide "
                 f"threshold the stored runs' spread sets (above max_threshold {rules.time_max_threshold:.0%}, so "
                 f"smaller changes go unjudged){pooled}{machine}"))
         return Judgement(Verdict.UNJUDGED, absolute.baseline, absolute.now, absolute.change, (
             f"not judged: the stored runs' medians spread {spread:.1%}, so the threshold would be {threshold:.0%}, "
             f"above the policy's max_threshold {rules.time_max_threshold:.0%}; judge time with --bench-ab (both "
             f"sides in one session) or record quieter baselines{pooled}{machine}"))
-    judged = judge_time(before, after, replace(rule, threshold=threshold), unit="× cal" if normalized else "s")
-    detail = judged.detail.replace(f"threshold ±{threshold:.0%}", how, 1)
+    judged = judge_time(before, after, replace(rule, threshold=threshold), unit="× cal" if normalized else "s",
+                        threshold_label=how)
+    detail = judged.detail
     if normalized:
         return Judgement(judged.verdict, absolute.baseline, absolute.now, judged.change,
                          f"{detail}{pooled}; absolute {_percent(absolute.change)}{machine}")
@@ -506,7 +502,7 @@ def time_judgeability(stored: Iterable[StoredRun], policy: Policy,
         for _, bench in history[name]:
             info = bench["extra_info"]
             forced = _forced(info.get("hardware", {}).get("kernels_forced"))
-            kinds.setdefault((info.get("device"), _hardware(info), forced), []).append(info)
+            kinds.setdefault((*machine_kind(info), forced), []).append(info)
         for (device, hardware, forced), infos in sorted(kinds.items()):
             key = machine_key(infos[0], fields, policy.ignore_packages)
             versions = _versions(infos[0], policy)
@@ -540,10 +536,6 @@ def _per_rank_bytes(info: Mapping[str, Any], metric: str) -> list[int]:
 def _severity(judgement: Judgement) -> tuple[int, float]:
     rank = {Verdict.REGRESSED: 3, Verdict.IMPROVED: 2, Verdict.UNCHANGED: 1}.get(judgement.verdict, 0)
     return rank, abs(judgement.change or 0.0)
-
-
-def _hardware(info: Mapping[str, Any]) -> str:
-    return hardware_name(info.get("hardware", {}))
 
 
 def _percent(change: float | None) -> str:

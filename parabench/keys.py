@@ -17,6 +17,19 @@ def hardware_name(hardware: Mapping[str, Any]) -> str:
             f"({hardware.get('cpu_count', '?')} CPUs)")
 
 
+def machine_kind(extra_info: Mapping[str, Any]) -> tuple[Any, str]:
+    """(device, hardware name) of a stored result: the runs a host is judged against are those of its kind."""
+    return extra_info.get("device"), hardware_name(extra_info.get("hardware", {}))
+
+
+def this_machine_kind(device: str) -> tuple[str, str]:
+    """(device, hardware name) of this host for ``device`` (auto, cpu or cuda), as ``machine_kind`` reads a result."""
+    from parabench.env import device_type, hardware
+
+    chosen = device_type(device)
+    return chosen, hardware_name(hardware(chosen))
+
+
 def machine_key(extra_info: Mapping[str, Any], fields: Sequence[str] = KEY_FIELDS,
                 ignore_packages: Sequence[str] = ()) -> dict[str, Any]:
     """The key of one stored benchmark (its ``extra_info``), restricted to ``fields``."""

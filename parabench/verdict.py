@@ -96,8 +96,10 @@ class Judgement:
     detail: str = ""
 
 
-def judge_time(baseline: Sequence[float], now: Sequence[float], rule: TimeRule, unit: str = "s") -> Judgement:
-    """Median change with significance; ``baseline`` and ``now`` are per-step samples (any order)."""
+def judge_time(baseline: Sequence[float], now: Sequence[float], rule: TimeRule, unit: str = "s",
+               threshold_label: str = "") -> Judgement:
+    """Median change with significance; ``baseline`` and ``now`` are per-step samples (any order).
+    ``threshold_label`` is how the detail names the threshold (default ``threshold ±8%``)."""
     if min(len(baseline), len(now)) < rule.min_samples:
         return Judgement(Verdict.INFO, detail=f"too few steps to judge ({len(baseline)} vs {len(now)}; "
                                                f"the rule needs {rule.min_samples})")
@@ -111,7 +113,7 @@ def judge_time(baseline: Sequence[float], now: Sequence[float], rule: TimeRule, 
         verdict = Verdict.IMPROVED if p < rule.alpha else Verdict.UNCHANGED
     else:
         p = None
-    detail = f"threshold ±{rule.threshold:.0%}"
+    detail = threshold_label or f"threshold ±{rule.threshold:.0%}"
     if p is not None:
         detail += f", Mann–Whitney p={p:.2g} ({'<' if p < rule.alpha else '≥'} {rule.alpha:g})"
     return Judgement(verdict if p is not None else Verdict.UNCHANGED, _quantity(before, unit), _quantity(after, unit),
