@@ -28,7 +28,7 @@ UNJUDGED_REASONS: dict[str, str] = {
                      "baselines there first)",
     "missing": "a case with a baseline on this machine was selected and produced no result",
     "skipped": "a case with a baseline on this machine was skipped because this environment lacks what it needs "
-               "(a package, a device, ranks, a kernel)",
+               "(a package, a device, ranks, a kernel) or this host measured its bf16 slow",
     "not-comparable": "a case with a baseline on this machine was stored under another key (steps, data, threads, "
                       "pinning, launch, versions under [key] versions = \"equal\")",
     "metric-missing": "a metric the baseline has and this run lacks",
@@ -279,8 +279,7 @@ def compare(now: Sequence[Mapping[str, Any]], stored: Iterable[StoredRun], polic
         entries = on_this_machine(name)
         if entries and name not in measured:
             report.rows.append(Row(name, "all", Verdict.UNJUDGED, detail=(
-                f"has a baseline on this machine but was skipped: {why}; install what it names (a broken install or "
-                f"upgrade looks like this)"), source=entries[0][0].path, reason="skipped"))
+                f"has a baseline on this machine but was skipped: {why}"), source=entries[0][0].path, reason="skipped"))
     for name in sorted(set(expected) - measured - set(skipped or {})):
         entries = on_this_machine(name)
         if entries:

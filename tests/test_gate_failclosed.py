@@ -21,9 +21,9 @@ requirements.package_available = lambda name: name != "deepspeed" and found(name
 """
 
 
-def stored_here(tmp_path: Path, *, measures: dict | None = None) -> Path:
-    """A store holding the committed result of CASE, as if recorded on this machine (with ``measures``)."""
-    (_, bench), *_ = newest_by_name(discover(REPO / "baselines"))[f"test_train[{CASE}]"]
+def stored_here(tmp_path: Path, *, measures: dict | None = None, case: str = CASE) -> Path:
+    """A store holding the committed result of ``case``, as if recorded on this machine (with ``measures``)."""
+    (_, bench), *_ = newest_by_name(discover(REPO / "baselines"))[f"test_train[{case}]"]
     bench = json.loads(json.dumps(bench))
     bench["extra_info"]["hardware"] = hardware("cpu")
     bench["extra_info"]["measures"] = dict(MEASURES) if measures is None else measures
@@ -49,6 +49,26 @@ def test_a_case_skipped_for_a_missing_package_fails_the_gate_unless_excused_by_n
     assert excused.returncode == 0, outcome(excused)
     assert "opt-outs used: --bench-gate-allow=nothing-gated (1 excused), --bench-gate-allow=skipped (1 excused)" \
         in excused.stdout, outcome(excused)
+
+
+# This host's bf16 measured slow, as on a contended or AVX2-only host of an AVX-512 key.
+SLOW_BF16 = """import parabench.hostspeed as hostspeed
+hostspeed.bf16_slowdown = lambda: 25.0
+"""
+
+
+def test_a_bf16_case_the_profile_trims_on_a_slow_measurement_fails_the_gate_when_it_ran_here_before(tmp_path):
+    bf16 = "single-sgd-gpt2_text-w1-bf16"
+    storage = stored_here(tmp_path, case=bf16)
+    (tmp_path / "slow_bf16.py").write_text(SLOW_BF16)
+    red = pytest_run("bench/test_torch_strategies.py", "-k", f"test_train and {bf16}", "-p", "slow_bf16",
+                     "--bench-profile=ci", "--bench-gate", "--bench-gate-time=report",
+                     f"--benchmark-storage=file://{storage}", f"--bench-report={tmp_path / 'report'}",
+                     env={"PYTHONPATH": str(tmp_path)}, timeout=300)
+    assert red.returncode == 1, outcome(red)
+    rows = json.loads((tmp_path / "report" / "gate.json").read_text())["rows"]
+    assert [(r["verdict"], r["reason"]) for r in rows] == [("unjudged", "skipped")], rows
+    assert "bf16 is slow on this host" in rows[0]["detail"] and "--bench-bf16=all runs it" in rows[0]["detail"]
 
 
 def test_host_says_whether_this_kind_has_runs_measured_as_now(tmp_path, capsys):
