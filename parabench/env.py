@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import platform
@@ -33,14 +34,32 @@ def backend_for(device: str) -> str:
 
 
 def versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
-    """Versions of python, the tracked packages and ``extra`` (the packages a case needs)."""
+    """Versions of python, the tracked packages and ``extra`` (the packages a case needs), by distribution name:
+    an import name that is not a distribution's (``sklearn``, ``PIL``) is recorded as the distribution that
+    provides it (``scikit-learn``, ``pillow``)."""
     found = {"python": platform.python_version()}
     for name in dict.fromkeys(TRACKED_PACKAGES + tuple(extra)):
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
+        for distribution in _distributions(name):
+            try:
+                found[distribution] = importlib.metadata.version(distribution)
+            except importlib.metadata.PackageNotFoundError:
+                pass
     return found
+
+
+def _distributions(name: str) -> list[str]:
+    """The distributions an import or distribution name stands for (itself, if it is one)."""
+    try:
+        importlib.metadata.distribution(name)
+        return [name]
+    except importlib.metadata.PackageNotFoundError:
+        return _providers().get(name, [])
+
+
+@functools.lru_cache(maxsize=None)
+def _providers() -> dict[str, list[str]]:
+    return {module: sorted({d.lower() for d in names})
+            for module, names in importlib.metadata.packages_distributions().items()}
 
 
 def cpu_model() -> str:

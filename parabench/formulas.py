@@ -48,15 +48,19 @@ class Family:
     weights_16bit: bool = True
     # True where the framework copies its fp32 partitions for the optimizer even in fp32 (4Ψ/N more, as master)
     fp32_copy: bool = False
+    # True where DistributedDataParallel wraps the model: its reducer keeps one flat bucket buffer per bucket,
+    # as large as the gradients in their dtype (cΨ, ``buffers``), beside the gradients themselves
+    ddp_buckets: bool = False
 
 
-_DDP = Family(False, False, False, "mixed", "DDP: every rank holds everything")
-_OSS = Family(False, False, True, "mixed", "optimizer state sharded (ZeRO-1 without a master copy)")
+_DDP = Family(False, False, False, "mixed", "DDP: every rank holds everything", ddp_buckets=True)
+_OSS = Family(False, False, True, "mixed", "optimizer state sharded (ZeRO-1 without a master copy)", ddp_buckets=True)
 _FSDP = Family(True, True, True, "mixed", "full shard: parameters, gradients and optimizer state ÷ N")
 FAMILIES: dict[str, Family] = {
     "single": Family(False, False, False, "never", "one process"),
     "single-master": Family(False, False, False, "always", "one process with fp32 masters"),
-    "torch-ddp": _DDP, "torch-ddp-amp": Family(False, False, False, "never", "DDP under autocast: fp32 weights"),
+    "torch-ddp": _DDP, "torch-ddp-amp": Family(False, False, False, "never", "DDP under autocast: fp32 weights",
+                                                      ddp_buckets=True),
     "colossalai-torch-ddp": _DDP,
     "deepspeed-zero0": Family(False, False, False, "mixed", "ZeRO-0: DDP", grads_between_steps=False),
     "torch-zero": _OSS, "fairscale-oss": _OSS,
@@ -106,7 +110,8 @@ def paper_state(strategy: str, optimizer: str, precision: str, parameters: int |
     share = lambda sharded: parameters / shards if sharded else parameters  # noqa: E731
     grads = c * share(family.grads) if _grads_held(strategy, family, master, between_steps) else 0
     expected = {"params": c * share(family.params), "grads": grads,
-                "optimizer": 4 * k * share(family.optimizer), "master": 4 * share(family.optimizer) if master else 0}
+                "optimizer": 4 * k * share(family.optimizer), "master": 4 * share(family.optimizer) if master else 0,
+                "buffers": 0}  # the paper counts model states only
     expected = {name: round(value) for name, value in expected.items()}
     expected["total"] = sum(expected.values())
     return expected
@@ -128,8 +133,8 @@ def _grads_held(strategy: str, family: Family, master: bool, between_steps: bool
 def expected_state(strategy: str, optimizer: str, precision: str, parameters: int | None, shards: int,
                    options: dict[str, Any] | None = None, between_steps: bool = True,
                    master_weights: bool | None = None) -> dict[str, int] | None:
-    """The bytes per rank that Ψ alone predicts: the paper's (``paper_state``) and fp32 ZeRO-3's partition copy
-    (4Ψ/N); None without a formula. Same for every rank; ``predicted_state`` adds the terms that need shapes."""
+    """The bytes per rank that Ψ alone predicts: the paper's (``paper_state``), fp32 ZeRO-3's partition copy
+    (4Ψ/N) and DDP's reducer buckets (cΨ); None without a formula. Same for every rank; ``predicted_state`` adds the terms that need shapes."""
     predictions = predicted_state(strategy, optimizer, precision, parameters, shards, options,
                                   between_steps=between_steps, master_weights=master_weights)
     return None if predictions is None else predictions[0].expected
@@ -143,7 +148,7 @@ def master_weights_of(strategy: str) -> bool:
     return STRATEGIES.get(strategy).master_weights if strategy in STRATEGIES else True
 
 
-CATEGORIES = ("params", "grads", "optimizer", "master")
+CATEGORIES = ("params", "grads", "optimizer", "master", "buffers")
 
 
 @dataclass(frozen=True)
@@ -207,11 +212,14 @@ def predicted_state(strategy: str, optimizer: str, precision: str, parameters: i
         if family.fp32_copy and not master and "master" not in terms:
             # fp32 ZeRO-3's partition copy from Ψ alone (with the shapes, its rule counts the padded partitions)
             terms["master"] = (_FP32_COPY, round(4 * parameters / shards))
+        if family.ddp_buckets:
+            terms["buffers"] = (_DDP_BUCKETS, c * parameters)
         out.append(Prediction(paper, terms))
     return out
 
 
 _FP32_COPY = "fp32 ZeRO-3 copies its fp32 partitions (4Ψ/N)"
+_DDP_BUCKETS = "DDP's reducer buckets: a flat buffer of every gradient in its dtype (cΨ)"
 
 
 def _whole_tensor(owners_of, what: str):
@@ -398,8 +406,8 @@ def deviations(measured: dict[str, int], expected: dict[str, int], rtol: float =
     """The categories where the measurement is off the formula by more than ``rtol`` (relative to the formula's
     total where the formula expects nothing), as measured / expected − 1."""
     out = {}
-    for name in ("params", "grads", "optimizer", "master", "total"):
-        want, got = expected[name], measured.get(name, 0)
+    for name in (*CATEGORIES, "total"):
+        want, got = expected.get(name, 0), measured.get(name, 0)
         scale = want or expected["total"]
         if abs(got - want) > rtol * scale:
             out[name] = (got / want - 1) if want else got / scale

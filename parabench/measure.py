@@ -6,21 +6,56 @@ the bytes of the training state itself, and the peak of a profiled step's alloca
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import resource
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
 import torch
 
-STATE_CATEGORIES = ("params", "grads", "optimizer", "master")
+# buffers: storage a framework keeps for its collectives between steps (DDP's reducer buckets)
+STATE_CATEGORIES = ("params", "grads", "optimizer", "master", "buffers")
 
 # How each memory metric is measured, by version: a stored value of another version measured something else, and
 # the gate does not compare the two (it names the metric "remeasured": re-record). Stored results without this
 # field are version 1.
 #   peak_allocated_bytes 2: the profiler's allocation and free events replayed in time order (1: each op's self
 #     memory at its start, which counted asynchronous collectives' buffers twice, once or not at all)
+#   peak_allocated_bytes 3: with the step's collectives made synchronous (``synchronous_collectives``), so that no
+#     buffer's last reference is dropped on a gloo thread, whose frees the profiler does not record
 #   state_bytes 2: every storage a rank holds, DeepSpeed ZeRO-3's fp32 partition copy in fp32 runs included
-MEASURES = {"peak_allocated_bytes": 2, "state_bytes": 2}
+#   state_bytes 3: and DDP's reducer buckets (``buffers``), a copy of the gradients every DDP-wrapped case holds
+MEASURES = {"peak_allocated_bytes": 3, "state_bytes": 3}
+
+
+@dataclass(frozen=True)
+class Held:
+    """Bytes of a storage Python cannot reach, as the framework that holds it reports them."""
+
+    nbytes: int
+    what: str
+
+
+def ddp_buckets(model: torch.nn.Module | None) -> list[Held]:
+    """The reducer buckets of every ``DistributedDataParallel`` in ``model``: each bucket's flat gradient buffer
+    (allocated when DDP is built, kept for its life), by the sizes DDP logs (``bucket_sizes``). DDP logs the
+    buckets it was built with; the first backward regroups the same gradients into new buckets of the same total,
+    which is what is counted. None where the gradients are views of the buckets (``gradient_as_bucket_view``):
+    the gradients count them."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    held = []
+    for module in model.modules() if isinstance(model, torch.nn.Module) else ():
+        if isinstance(module, DistributedDataParallel):
+            logged = module._get_ddp_logging_data()
+            if logged.get("gradient_as_bucket_view"):
+                continue
+            held += [Held(int(size), "DDP reducer bucket") for size in str(logged.get("bucket_sizes", "")).split(",")
+                     if size.strip()]
+    return held
 
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -31,8 +66,8 @@ def local_tensor(t: torch.Tensor) -> torch.Tensor:
 def state_bytes(tensors: Mapping[str, Iterable[object]]) -> dict[str, int]:
     """Bytes held per category, each storage counted once (in the first category that names it).
 
-    Views of one storage (flat buffers, tied weights) share the pointer and are counted once;
-    non-tensors (step counters as ints, None gradients) are ignored.
+    Views of one storage (flat buffers, tied weights) share the pointer and are counted once; a ``Held`` counts
+    its bytes; other non-tensors (step counters as ints, None gradients) are ignored.
     """
     unknown = set(tensors) - set(STATE_CATEGORIES)
     if unknown:
@@ -41,6 +76,9 @@ def state_bytes(tensors: Mapping[str, Iterable[object]]) -> dict[str, int]:
     totals = {category: 0 for category in STATE_CATEGORIES}
     for category in STATE_CATEGORIES:
         for t in tensors.get(category, ()):
+            if isinstance(t, Held):
+                totals[category] += t.nbytes
+                continue
             if not isinstance(t, torch.Tensor):
                 continue
             storage = local_tensor(t).untyped_storage()
@@ -69,12 +107,17 @@ def profiled_peak_bytes(step: Callable[[], object]) -> int:
     asynchronous collective on a gloo thread counted twice, once or not at all depending on how the two threads
     interleaved. That replay made FSDP2's and ZeRO-3's peaks differ by up to 19.8 % between runs of unchanged
     code (README, "What a case measures"; docs/evidence/peak_spread.csv).
+
+    The step runs with its collectives made synchronous (``synchronous_collectives``): the profiler records the
+    allocator's events of the threads it profiles only, and a collective's buffers whose last reference a gloo
+    worker thread dropped were never freed in the replay (FSDP2 on mlp-digits: one all-gather buffer, +50 %, in
+    some runs and not others).
     """
     from torch.autograd import DeviceType
     from torch.autograd.profiler_util import MEMORY_EVENT_NAME
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with synchronous_collectives(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     allocations = [e for e in prof.profiler.kineto_results.events()
                    if e.name() == MEMORY_EVENT_NAME and e.device_type() == DeviceType.CPU]
@@ -83,6 +126,83 @@ def profiled_peak_bytes(step: Callable[[], object]) -> int:
         current += event.nbytes()
         peak = max(peak, current)
     return peak
+
+
+# torch.distributed's collectives that take ``async_op`` (point-to-point sends stay as they are)
+COLLECTIVES = ("all_reduce", "all_reduce_coalesced", "all_gather", "all_gather_into_tensor", "all_gather_single",
+               "all_gather_coalesced", "_all_gather_base", "reduce_scatter", "reduce_scatter_tensor",
+               "reduce_scatter_single", "_reduce_scatter_base", "broadcast", "reduce", "all_to_all",
+               "all_to_all_single", "gather", "scatter", "barrier")
+RELEASE_TIMEOUT_S = 0.5  # a worker thread drops its reference microseconds after the collective completes
+
+
+@contextlib.contextmanager
+def synchronous_collectives():
+    """Within: each collective of ``torch.distributed`` (``COLLECTIVES``) runs to completion before it returns, and
+    returns only once the process group's worker thread has dropped its references to the collective's tensors;
+    a caller that asked for ``async_op`` gets a completed ``Work``.
+
+    Where a collective runs asynchronously, its buffers are freed by whichever thread drops the last reference:
+    the caller's, or (after the caller is done with them) the gloo worker's, whose frees the profiler does not
+    record. Made synchronous, the worker is done first, and every free is the caller's. Allocations stay where
+    the framework makes them: a prefetched all-gather's output is still allocated when it is issued."""
+    import torch.distributed as dist
+    from torch._C._distributed_c10d import _create_work_from_future
+
+    originals = {name: getattr(dist, name) for name in COLLECTIVES if hasattr(dist, name)}
+
+    def synchronous(function):
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def run(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            asked = bound.arguments.get("async_op", False)
+            if "async_op" in signature.parameters:
+                bound.arguments["async_op"] = False
+            tensors = _tensors(bound.arguments.values())
+            before = _references(tensors)
+            out = function(*bound.args, **bound.kwargs)
+            _until_released(tensors, before)
+            if not asked:
+                return out
+            future = torch.futures.Future()
+            future.set_result(None)
+            return _create_work_from_future(future)
+
+        return run
+
+    for name, function in originals.items():
+        setattr(dist, name, synchronous(function))
+    try:
+        yield
+    finally:
+        for name, function in originals.items():
+            setattr(dist, name, function)
+
+
+def _tensors(values) -> list[torch.Tensor]:
+    found = []
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            found.extend(_tensors(value))
+    return found
+
+
+def _references(tensors: list[torch.Tensor]) -> list[tuple[int, int]]:
+    """Each tensor's references held in C++: to its TensorImpl (copies of the tensor) and to its storage (views)."""
+    return [(t._use_count(), torch._C._storage_Use_Count(t.untyped_storage()._cdata)) for t in tensors]
+
+
+def _until_released(tensors: list[torch.Tensor], before: list[tuple[int, int]]) -> None:
+    """Wait until no tensor has more references than before the collective (the worker released its own)."""
+    deadline = time.perf_counter() + RELEASE_TIMEOUT_S
+    while any(now[0] > then[0] or now[1] > then[1] for now, then in zip(_references(tensors), before)):
+        if time.perf_counter() > deadline:
+            return  # held elsewhere (a framework's cache): nothing of the worker's is left to wait for
+        time.sleep(1e-5)
 
 
 def rss_bytes() -> dict[str, int]:

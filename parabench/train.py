@@ -11,7 +11,7 @@ from parabench.calibration import calibration_seconds
 from parabench.case import Case, shard_bounds, split_batch
 from parabench.costs import step_costs
 from parabench.inject import Perturbation
-from parabench.measure import StepTimer, profiled_peak_bytes, rss_bytes, state_bytes
+from parabench.measure import StepTimer, ddp_buckets, profiled_peak_bytes, rss_bytes, state_bytes
 from parabench.optimizers import OPTIMIZERS
 from parabench.patches import in_force as patches_in_force
 from parabench.result import RankResult
@@ -98,6 +98,7 @@ def run_case(context: RankContext, case: Case, perturbation: Perturbation | None
                 step_seconds.append(seconds)
             context.report_progress(step + 1, case.total_steps)
         tensors = {category: list(held_tensors) for category, held_tensors in strategy.state_tensors().items()}
+        tensors["buffers"] = tensors.get("buffers", []) + ddp_buckets(getattr(strategy, "model", None))
         state = state_bytes(tensors)
         if perturbation and perturbation.grows_memory:
             held.append(perturbation.ballast(state["total"], context.device))

@@ -212,3 +212,13 @@ def test_a_baseline_recorded_with_other_versions_is_named():
     assert differences and all(", the lock pins 0.0.1" in line and "datasets" in line for line in differences)
     assert any(line.endswith("python 3.11.7, the lock is for 3.10")
                for line in baseline_differences(BASELINES, PINNED, "3.10"))
+
+
+def test_a_result_records_the_versions_of_the_distributions_behind_import_names():
+    from parabench.env import versions
+
+    found = versions(("sklearn", "PIL", "datasets", "no-such-package"))
+    assert found["scikit-learn"] == importlib.metadata.version("scikit-learn")
+    assert found["pillow"] == importlib.metadata.version("pillow")
+    assert found["datasets"] == importlib.metadata.version("datasets")
+    assert not {"sklearn", "PIL", "no-such-package"} & set(found)

@@ -83,7 +83,7 @@ def test_a_tensor_in_two_categories_counts_in_the_first_only():
     shared = torch.zeros(10, dtype=torch.float64)  # 80 bytes
     own = torch.zeros(5)  # 20 bytes
     result = state_bytes({"master": [shared], "optimizer": [shared, own], "grads": [shared]})
-    assert result == {"params": 0, "grads": 80, "optimizer": 20, "master": 0, "total": 100}
+    assert result == {"params": 0, "grads": 80, "optimizer": 20, "master": 0, "buffers": 0, "total": 100}
     result = state_bytes({"master": [shared], "params": [shared.view(2, 5)]})
     assert result["params"] == 80 and result["master"] == 0 and result["total"] == 80
 
@@ -91,8 +91,36 @@ def test_a_tensor_in_two_categories_counts_in_the_first_only():
 def test_non_tensors_and_none_are_ignored():
     t = torch.zeros(3)
     result = state_bytes({"params": [None, 1, 2.0, "x", t], "grads": [None, None], "optimizer": iter([5, t])})
-    assert result == {"params": 12, "grads": 0, "optimizer": 0, "master": 0, "total": 12}
-    assert state_bytes({}) == {"params": 0, "grads": 0, "optimizer": 0, "master": 0, "total": 0}
+    assert result == {"params": 12, "grads": 0, "optimizer": 0, "master": 0, "buffers": 0, "total": 12}
+    assert state_bytes({}) == {"params": 0, "grads": 0, "optimizer": 0, "master": 0, "buffers": 0, "total": 0}
+
+
+def test_ddp_holds_its_reducer_buckets_beside_the_gradients(tmp_path):
+    """DDP's reducer keeps a flat buffer per bucket, as large as the gradients (gradient_as_bucket_view off);
+    with the gradients as views of the buckets, the gradients count them and the buckets add nothing."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from parabench.measure import Held, ddp_buckets
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = torch.nn.Sequential(torch.nn.Linear(300, 200), torch.nn.Linear(200, 10))  # 62,210 parameters
+        wrapped = DistributedDataParallel(model)
+        built = ddp_buckets(wrapped)
+        assert sum(b.nbytes for b in built) == 4 * 62_210  # one bucket of every gradient, as it was built
+        for _ in range(2):  # the first backward rebuilds the buckets in gradient order: the same bytes
+            wrapped(torch.randn(4, 300)).sum().backward()
+        buckets = ddp_buckets(torch.nn.ModuleDict({"outer": wrapped}))  # found inside a wrapper too
+        assert sum(b.nbytes for b in buckets) == 4 * 62_210
+        params = list(model.parameters())
+        held = state_bytes({"params": params, "grads": [p.grad for p in params], "buffers": buckets})
+        assert held["buffers"] == held["grads"] == 4 * 62_210 and held["total"] == 3 * 4 * 62_210
+        assert state_bytes({"buffers": [Held(7, "x")]})["total"] == 7
+        as_views = DistributedDataParallel(torch.nn.Linear(3, 2), gradient_as_bucket_view=True)
+        assert ddp_buckets(as_views) == [] and ddp_buckets(None) == []
+    finally:
+        dist.destroy_process_group()
 
 
 def test_empty_tensors_hold_nothing():

@@ -4,6 +4,7 @@ tolerance for FSDP2 and ZeRO-3, which must flag a 30 % larger peak."""
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,68 @@ def test_peak_follows_the_order_of_allocations_and_frees():
             del second
 
     assert 16 * MIB <= profiled_peak_bytes(step) < 17 * MIB
+
+
+# A stand-in for a gloo collective: its worker thread holds a reference to the tensor for a while after the call
+# returns, as gloo's does until it drops the finished work.
+HOLD_S = 0.2
+
+
+def held_by_a_worker(tensor, group=None, async_op=False):
+    import threading
+
+    def worker(held=tensor.detach()):  # a tensor of its own over the storage, as gloo's views and copies are
+        time.sleep(HOLD_S)
+        del held  # the last reference, if the caller dropped its own: a free on an unprofiled thread
+
+    threading.Thread(target=worker, daemon=True).start()
+    return None
+
+
+def test_a_free_on_a_collectives_worker_thread_is_replayed_once_collectives_are_synchronous(monkeypatch):
+    import torch.distributed as dist
+
+    from parabench.measure import synchronous_collectives
+
+    monkeypatch.setattr(dist, "all_reduce", held_by_a_worker)
+
+    def step():
+        buffer = torch.ones(4 * MIB)  # 16 MiB, handed to the collective, then dropped
+        dist.all_reduce(buffer)
+        del buffer
+        after = torch.ones(4 * MIB)  # 16 MiB more: the true peak is one buffer
+        del after
+
+    # Without: the worker drops the first buffer later, on its thread, and the replay never frees it (32 MiB).
+    from torch.autograd.profiler_util import MEMORY_EVENT_NAME
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = [e.nbytes() for e in prof.profiler.kineto_results.events() if e.name() == MEMORY_EVENT_NAME]
+    assert max(sum(events[:i + 1]) for i in range(len(events))) >= 32 * MIB
+    time.sleep(2 * HOLD_S)
+    # With: the call returns once the worker let go, so the caller's del frees it, on the profiled thread.
+    assert 16 * MIB <= profiled_peak_bytes(step) < 17 * MIB
+    assert dist.all_reduce is held_by_a_worker  # restored
+
+
+def test_synchronous_collectives_hand_an_asynchronous_caller_a_completed_work(tmp_path):
+    import torch.distributed as dist
+
+    from parabench.measure import synchronous_collectives
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        original = dist.all_gather_into_tensor
+        with synchronous_collectives():
+            out = torch.zeros(3)
+            work = dist.all_gather_into_tensor(out, torch.arange(3.0), async_op=True)
+            assert work.is_completed() and work.wait() and out.tolist() == [0.0, 1.0, 2.0]
+            assert dist.all_reduce(torch.ones(2)) is None  # a synchronous caller gets what it always got
+        assert dist.all_gather_into_tensor is original
+    finally:
+        dist.destroy_process_group()
 
 
 # --------------------------------------------------------------------------- the perturbation
