@@ -6,8 +6,8 @@ how large it is, measured by running the case:
 
 * ``Drift``: the loss leaves the one-process reference (``checks.assert_parity``'s ``ConvergenceError``).
   The entry holds the largest |Δloss| over the first ``steps`` loss steps and the first step off; a run
-  that drifts further than that by more than ``DRIFT_MARGIN``, or leaves the reference at an earlier
-  step, is not the known deviation: its test fails.
+  that drifts further than that by more than ``DRIFT_MARGIN``, leaves the reference at an earlier step, or
+  runs more steps than the entry measured, is not the known deviation: its test fails.
 * ``Stall``: the loss does not fall as ``checks.assert_loss_decreases`` asks; a run that falls less than the
   recorded fall by more than ``DRIFT_MARGIN`` of it fails.
 * ``Crash``: an upstream exception raised in a rank; the entry holds its type and a regular expression
@@ -62,10 +62,15 @@ class Drift:
 
     def regression(self, losses: Sequence[float], reference: Sequence[float],
                    first_step_off: int | None) -> str | None:
-        """Why this run's drift is beyond the recorded one (over the recorded steps); None while it is within it."""
+        """Why this run's drift is beyond the recorded one; None while it is within it. A run longer than the
+        recorded steps is beyond what the entry documents: its later steps could drift any distance."""
         if len(losses) != len(reference):
             return f"curves of different lengths: {len(losses)} vs {len(reference)} reference steps"
-        window = min(self.steps, len(losses))
+        if len(losses) > self.steps:
+            return (f"this run has {len(losses)} loss steps and the entry documents its drift over {self.steps}: what "
+                    f"it does after step {self.steps} is not known; run the case's default steps, or measure the drift "
+                    f"over {len(losses)} steps and record that in parabench/known.py")
+        window = len(losses)
         measured_max = max(abs(a - b) for a, b in zip(losses[:window], reference[:window]))
         beyond = drift_beyond(self.max_abs_difference, self.first_step, measured_max, first_step_off)
         if beyond is None:

@@ -73,13 +73,14 @@ def test_a_drift_that_starts_earlier_is_not_the_known_deviation():
     assert drift.regression(*curves(drift), first_step_off=drift.first_step + 3) is None  # later is smaller
 
 
-def test_a_longer_run_is_held_to_the_recorded_steps_only():
+def test_a_longer_run_than_recorded_is_not_the_known_deviation():
     drift = Drift(0.01, 2, 10, "test")
     reference = [1.0] * 20
-    losses = [1.0, 1.0] + [1.01] * 8 + [1.5] * 10  # beyond step 10 the drift is not recorded
-    assert drift.regression(losses, reference, 2) is None
-    losses[9] = 1.02
-    assert drift.regression(losses, reference, 2) is not None
+    losses = [1.0, 1.0] + [1.01] * 18  # within the recorded drift all along, but beyond step 10 nothing is recorded
+    why = drift.regression(losses, reference, 2)
+    assert why is not None and "documents its drift over 10" in why and "measure the drift over 20 steps" in why
+    assert drift.regression(losses[:10], reference[:10], 2) is None
+    assert drift.regression(losses[:6], reference[:6], 2) is None  # a shorter run: within what is recorded
 
 
 def test_the_margin_is_relative_to_the_recorded_drift():
