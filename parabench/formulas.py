@@ -364,12 +364,27 @@ def expected_for(info: dict[str, Any]) -> list[dict[str, int]] | None:
 
 def predicted_for(info: dict[str, Any]) -> list[Prediction] | None:
     """Each rank's prediction (the paper's bytes, the computed terms, their sum) for a stored result's
-    ``extra_info``, or None without a formula."""
+    ``extra_info``, or None without a formula.
+
+    A result stored by an older version of ``state_bytes`` (its ``measures``) is predicted as that version
+    measured: without the terms for what it did not count yet (``UNCOUNTED_BEFORE``), which fall back to the
+    paper's value of their category."""
     case = info.get("case") or {}
     if not info.get("parameters") or "strategy" not in case:
         return None
-    return predicted_state(case["strategy"], case["optimizer"], case["precision"], info["parameters"],
-                           case["world_size"], case.get("options") or {}, workload=case.get("workload"))
+    predictions = predicted_state(case["strategy"], case["optimizer"], case["precision"], info["parameters"],
+                                  case["world_size"], case.get("options") or {}, workload=case.get("workload"))
+    version = (info.get("measures") or {}).get("state_bytes", 1)
+    uncounted = {term for since, terms in UNCOUNTED_BEFORE.items() if version < since for term in terms}
+    if predictions is None or not uncounted:
+        return predictions
+    return [Prediction(p.paper, {category: (what, held) for category, (what, held) in p.terms.items()
+                                 if not what.startswith(tuple(uncounted))}) for p in predictions]
+
+
+# The computed terms (by their description) that ``state_bytes`` counts since a version of its measurement
+# (``parabench.measure.MEASURES``): 2 the fp32 ZeRO-3 partition copy, 3 DDP's reducer buckets
+UNCOUNTED_BEFORE = {2: (_FP32_COPY,), 3: (_DDP_BUCKETS,)}
 
 
 def findings(strategy: str, measured: list[dict[str, int]], predictions: list[Prediction]) -> dict[str, float]:
