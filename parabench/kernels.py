@@ -57,7 +57,7 @@ def _colossalai_build() -> None:
 
     if torch.cuda.is_available():
         return  # with CUDA, ColossalAI builds its CUDA/x86 extension itself
-    ensure_cpu_patches()  # the x86 kernel needs CUDA headers; the plain C++ one builds (parabench/colossalai_cpu.py)
+    ensure_cpu_patches("cpu")  # the x86 kernel needs CUDA headers; the plain C++ one builds (parabench/colossalai_cpu.py)
     from colossalai.kernel.kernel_loader import CPUAdamLoader
 
     CPUAdamLoader().load()

@@ -112,14 +112,14 @@ def run_case(context: RankContext, case: Case, perturbation: Perturbation | None
             peak = torch.cuda.max_memory_allocated(context.device)
             reserved = torch.cuda.max_memory_reserved(context.device)
             if memory:
-                comm, flops = step_costs(step)  # one more step, untimed, after the peaks are read
+                comm, flops = step_costs(step, context.device)  # one more step, untimed, after the peaks are read
         elif not memory:
             peak = reserved = None
         else:
             # Two more steps, profiled and untimed; their losses are not part of the curve. The first
             # profiled step of a case peaked up to 9 % higher than every later one; the second is steady.
             # The first counts the step's collectives and FLOPs (parabench.costs), the second measures the peak.
-            comm, flops = step_costs(step)
+            comm, flops = step_costs(step, context.device)
             peak = profiled_peak_bytes(step)
             if perturbation and perturbation.grows_memory:
                 unperturbed = peak

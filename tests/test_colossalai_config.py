@@ -78,12 +78,11 @@ import os, sys, tempfile
 import torch, torch.distributed as dist
 from colossalai.zero.gemini.chunk.chunk import Chunk
 original = (Chunk.__dict__["device_type"], Chunk.close_chunk, Chunk.shard_move)
-cuda = sys.argv[1] == "cuda"
-if cuda:  # a machine with a CUDA device, as the patches see it
-    torch.cuda.is_available = lambda: True
+cuda = sys.argv[1] == "cuda"  # the case's device
+torch.cuda.is_available = lambda: True  # on a host with a CUDA device (a CPU case: --bench-device=cpu)
 from parabench.colossalai_cpu import ensure_cpu_patches
 from parabench.patches import in_force
-ensure_cpu_patches()
+ensure_cpu_patches(torch.device(sys.argv[1]))
 now = (Chunk.__dict__["device_type"], Chunk.close_chunk, Chunk.shard_move)
 print("patched", [a is not b for a, b in zip(original, now)])
 print("in force", sorted(p for p in in_force() if "gemini" in p))
@@ -101,7 +100,7 @@ if not cuda:
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
-def test_gemini_cpu_patches_apply_without_cuda_only(device, tmp_path):
+def test_gemini_cpu_patches_apply_to_a_cpu_case_only_on_a_host_with_cuda_too(device, tmp_path):
     import subprocess
     import sys
     from pathlib import Path
@@ -139,6 +138,17 @@ def test_gemini_on_cpu_skips_only_what_needs_cuda():
                               options={"offload_optim": 0.0, "shard": 0.5})[0]
     assert skip_reason(nothing_offloaded, cpu) == skip_reason(gemini[0], cpu)
     assert skip_reason(auto, Machine(cuda_devices=2, max_cpu_world_size=4)) in (None, skip_reason(gemini[0], cpu))
+
+
+def test_a_colossalai_optimizer_applies_the_patches_of_its_parameters_device():
+    import torch
+
+    from parabench.optimizers import device_of
+
+    weight, bias = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2))
+    assert device_of([weight, bias]) == torch.device("cpu")
+    assert device_of([{"params": [torch.ones(1, device="meta")]}, {"params": [bias]}]) == torch.device("meta")
+    assert device_of([{"params": torch.ones(1, device="meta")}]) == torch.device("meta")
 
 
 def test_gemini_chunks_are_scaled_to_the_model():

@@ -1,8 +1,8 @@
 """ColossalAI's booster plugins: TorchDDP, TorchFSDP, LowLevelZero 1/2, Gemini and HybridParallel.
 
 Every strategy builds its plugin, hands model and optimizer to ``Booster.boost`` and trains through the
-booster's ``backward`` (and ``execute_pipeline`` when the hybrid plugin pipelines). On a machine without
-CUDA the rank first applies ``parabench.colossalai_cpu``'s patches (recorded in the result).
+booster's ``backward`` (and ``execute_pipeline`` when the hybrid plugin pipelines). A case on the CPU first
+applies ``parabench.colossalai_cpu``'s patches in its ranks (recorded in the result).
 
 Case options, as they read in ids:
 
@@ -53,7 +53,7 @@ class ColossalAIBooster(Strategy):
 
         from parabench.colossalai_cpu import ensure_cpu_patches
 
-        ensure_cpu_patches()
+        ensure_cpu_patches(self.context.device)
         self.workload = workload
         model = model.to(self.context.device)
         self.plugin_instance = self.plugin(model, workload)
