@@ -54,10 +54,11 @@ def ensure_deepspeed_comm(context: RankContext) -> None:
     import deepspeed
     import deepspeed.comm as ds_comm
 
-    # DeepSpeed reads the launcher's variables; the pool's ranks are not started by a launcher.
+    # DeepSpeed reads the launcher's variables: this rank's own, set over any a launcher around a spawned session
+    # left (in a launched session they are the same values).
     for name, value in (("RANK", context.rank), ("WORLD_SIZE", context.world_size),
                         ("LOCAL_RANK", context.local_rank)):
-        os.environ.setdefault(name, str(value))
+        os.environ[name] = str(value)
     if not ds_comm.is_initialized():
         if context.device.type == "cpu":
             avoid_shared_memory_allreduce()
