@@ -93,6 +93,31 @@ def claim_rank_variables(config: WorkerConfig, environ: MutableMapping[str, str]
     return config.rank
 
 
+# torch names no public way to ask whether CUDA's driver was initialised; these are the checks it makes itself.
+_CUDA_FORK_FIX = ("keep PYTORCH_NVML_BASED_CUDA_CHECK=1 set there (parabench/rank_imports.py sets it: "
+                  "torch.cuda.is_available() and device_count() then ask NVML), or import the module that touches "
+                  "CUDA in the ranks instead")
+
+
+def require_cuda_untouched() -> None:
+    """In the process that forks the ranks: fail now, naming the cause, if CUDA was initialised in it."""
+    import torch
+
+    if torch.cuda.is_initialized():
+        raise RuntimeError("CUDA was initialised in the process that forks the ranks (multiprocessing's fork server, "
+                           "which imports parabench.rank_imports), and CUDA fails in every process forked after "
+                           f"that; {_CUDA_FORK_FIX}")
+
+
+def require_cuda_forkable() -> None:
+    """In a CUDA rank: fail, naming the cause, if CUDA had been touched in the server it was forked from."""
+    import torch
+
+    if torch.cuda._is_in_bad_fork():
+        raise RuntimeError("this rank was forked from a process that had initialised CUDA (the fork server, which "
+                           "imports parabench.rank_imports), so CUDA cannot start in it; " + _CUDA_FORK_FIX)
+
+
 def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -125,6 +150,7 @@ def main(config: WorkerConfig, conn, progress: ctypes.Array[ctypes.c_longlong] |
         os.sched_setaffinity(0, cores)
     local_rank = claim_rank_variables(config)
     if config.device_type == "cuda":
+        require_cuda_forkable()
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:
