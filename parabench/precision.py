@@ -14,6 +14,21 @@ def dtype_of(precision: str) -> torch.dtype:
     return _DTYPES[precision]
 
 
+def disable_tf32(device: torch.device) -> None:
+    """On CUDA, compute fp32 matmuls and convolutions in fp32, not TF32 (10-bit mantissa), in this rank.
+
+    cuDNN convolutions use TF32 by default on Ampere and later, and a framework may turn it on for matmuls:
+    the fp32 parity rule (|Δloss| ≤ 1e-5) would then compare a case and its reference computed at different
+    precisions. Called for every case (and reference) a rank runs, whatever its precision, so that no case's
+    arithmetic depends on what an earlier case in the same rank set. On CPU nothing uses TF32: nothing is set.
+    """
+    if device.type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+
+
 @dataclass
 class Autocast:
     """Runs forward passes under autocast and scales fp16 losses; fp32 is a no-op."""

@@ -14,6 +14,7 @@ from parabench.inject import Perturbation
 from parabench.measure import StepTimer, ddp_buckets, profiled_peak_bytes, rss_bytes, state_bytes
 from parabench.optimizers import OPTIMIZERS
 from parabench.patches import in_force as patches_in_force
+from parabench.precision import disable_tf32
 from parabench.result import RankResult
 from parabench.strategies import STRATEGIES, RankContext, Strategy
 from parabench.trace import TraceRequest, record_trace
@@ -47,6 +48,7 @@ class CaseData:
 def build(context: RankContext, case: Case,
           examples: torch.Tensor | None = None) -> tuple[Strategy, Workload, CaseData]:
     """The case's strategy set up on this rank, its workload, and its data (``examples``: a training split)."""
+    disable_tf32(context.device)  # fp32 parity compares full-fp32 arithmetic on both sides
     workload = WORKLOADS.get(case.workload)
     strategy = STRATEGIES.get(case.strategy)(context, case.precision, dict(case.options))
     data = CaseData(workload, case, *strategy.data_parallel(), device=context.device, examples=examples)
