@@ -11,7 +11,7 @@ from parabench.calibration import calibration_seconds
 from parabench.case import Case, shard_bounds, split_batch
 from parabench.costs import step_costs
 from parabench.inject import Perturbation
-from parabench.measure import StepTimer, ddp_buckets, profiled_peak_bytes, rss_bytes, state_bytes
+from parabench.measure import StepTimer, cuda_step_peak_bytes, ddp_buckets, profiled_peak_bytes, rss_bytes, state_bytes
 from parabench.optimizers import OPTIMIZERS
 from parabench.patches import in_force as patches_in_force
 from parabench.precision import disable_tf32
@@ -67,9 +67,9 @@ def run_case(context: RankContext, case: Case, perturbation: Perturbation | None
 
     ``perturbation`` (self-test only) makes the case slower, bigger or wrong on purpose. ``trace``: after
     every measurement, profile that many more steps and write this rank's Chrome trace (``--profile``).
-    ``memory=False``: a run for its step times only (an A/B session's later rounds): on CPU the two profiled
-    steps that measure the peak are left out (``peak_allocated_bytes`` None), which makes a gpt2-text run
-    about a third shorter.
+    ``memory=False``: a run for its step times only (an A/B session's later rounds): the two extra steps that
+    measure the peak and count the costs are left out (``peak_allocated_bytes`` None), which makes a gpt2-text
+    run on CPU about a third shorter.
     """
     calibration = calibration_seconds(context.device)  # the machine's speed right now, on these ranks
     started = time.perf_counter()
@@ -85,10 +85,7 @@ def run_case(context: RankContext, case: Case, perturbation: Perturbation | None
     try:
         for step in range(case.total_steps):
             if cuda and step == case.warmup_steps:
-                if perturbation and perturbation.grows_memory:
-                    held.append(perturbation.ballast(torch.cuda.max_memory_allocated(context.device),
-                                                     context.device))
-                torch.cuda.reset_peak_memory_stats(context.device)
+                torch.cuda.reset_peak_memory_stats(context.device)  # the measured steps' reserved peak
             batches = data.micro_batches(step)  # loading is not part of the step's time
             inject.before_step(case, context.rank, context.world_size, step)
             train = lambda: strategy.train_step(batches, workload.loss)  # noqa: E731
@@ -109,12 +106,20 @@ def run_case(context: RankContext, case: Case, perturbation: Perturbation | None
         step = lambda: strategy.train_step(extra, workload.loss)  # noqa: E731
         if perturbation:
             step = perturbation.communicating(step)
-        comm = flops = None
+        comm = flops = high_water = None
         if cuda:
-            peak = torch.cuda.max_memory_allocated(context.device)
             reserved = torch.cuda.max_memory_reserved(context.device)
-            if memory:
-                comm, flops = step_costs(step, context.device)  # one more step, untimed, after the peaks are read
+            if not memory:
+                peak = None
+            else:
+                # One more step, untimed: its rise above what it starts with, as on CPU, so that what earlier cases
+                # left allocated in this rank does not move it; then one that counts collectives and FLOPs.
+                peak, high_water = cuda_step_peak_bytes(step, context.device)
+                if perturbation and perturbation.grows_memory:
+                    unperturbed = peak
+                    peak, high_water = cuda_step_peak_bytes(
+                        lambda: _holding(perturbation.ballast(unperturbed, context.device), step), context.device)
+                comm, flops = step_costs(step, context.device)
         elif not memory:
             peak = reserved = None
         else:
@@ -131,7 +136,8 @@ def run_case(context: RankContext, case: Case, perturbation: Perturbation | None
             peak = perturbation.recorded_peak(peak)
         result = RankResult(rank=context.rank, global_batch=data.global_batch, losses=losses,
                             step_seconds=step_seconds, setup_seconds=setup_seconds, state_bytes=state,
-                            peak_allocated_bytes=peak, cuda_max_reserved_bytes=reserved, rss_bytes=rss_bytes(),
+                            peak_allocated_bytes=peak, cuda_max_reserved_bytes=reserved,
+                            cuda_max_allocated_bytes=high_water, rss_bytes=rss_bytes(),
                             workload=workload.describe(), fingerprint=workload.fingerprint(),
                             calibration_seconds=calibration, patches=patches_in_force(), comm=comm, flops=flops,
                             parameters=strategy.parameter_count, largest_layer=strategy.largest_layer,
