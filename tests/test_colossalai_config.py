@@ -58,6 +58,44 @@ def test_a_patch_applies_once_and_is_recorded():
     assert "test-only-patch" in in_force()
 
 
+@pytest.mark.parametrize("strategy, plugin", [("colossalai-lowlevelzero1", "LowLevelZeroPlugin"),
+                                              ("colossalai-lowlevelzero2", "LowLevelZeroPlugin"),
+                                              ("colossalai-gemini", "GeminiPlugin"),
+                                              ("colossalai-hybrid", "HybridParallelPlugin")])
+def test_fp16_plugins_hold_their_loss_scale_at_the_references(strategy, plugin, monkeypatch):
+    import colossalai.booster.plugin
+    import torch
+
+    from parabench.matrix import reference_of
+    from parabench.precision import FP16_LOSS_SCALE, StaticGradScaler
+    from parabench.strategies.base import RankContext
+
+    built = {}
+    monkeypatch.setattr(colossalai.booster.plugin, plugin, lambda **kwargs: built.update(kwargs))
+    cuda = RankContext(0, 2, 0, torch.device("cuda", 0), "nccl")
+    STRATEGIES.get(strategy)(cuda, "fp16", {}).plugin(torch.nn.Linear(4, 4), None)
+    # Pinned: the scaler's minimum and maximum at its initial scale, so no overflow or growth moves it.
+    assert (built["initial_scale"], built["min_scale"], built["max_scale"]) == (FP16_LOSS_SCALE,) * 3
+    reference = reference_of(Case(strategy, "hybrid-adam", "gpt2-text", 2, precision="fp16"))
+    scaler = STRATEGIES.get(reference.strategy)(RankContext(0, 1, 0, torch.device("cuda", 0), "nccl"),
+                                                "fp16").autocast.scaler
+    assert isinstance(scaler, StaticGradScaler) and scaler.static_scale == FP16_LOSS_SCALE
+    built.clear()
+    STRATEGIES.get(strategy)(cuda, "bf16", {}).plugin(torch.nn.Linear(4, 4), None)
+    assert not {"initial_scale", "min_scale", "max_scale"} & set(built)  # bf16 does not scale: the plugin's defaults
+
+
+def test_fp16_under_the_boosters_torch_amp_holds_the_references_scale():
+    from types import SimpleNamespace
+
+    from parabench.precision import FP16_LOSS_SCALE, StaticGradScaler
+    from parabench.strategies.colossalai_booster import hold_loss_scale
+
+    amp_optimizer = SimpleNamespace(scaler=object())  # as the booster's TorchAMPOptimizer holds its GradScaler
+    hold_loss_scale(amp_optimizer)
+    assert isinstance(amp_optimizer.scaler, StaticGradScaler) and amp_optimizer.scaler.static_scale == FP16_LOSS_SCALE
+
+
 @pytest.mark.parametrize("text", ["4096", "0x8", "axb", "4096x"])
 def test_weight_shape_must_read_out_by_in(text):
     with pytest.raises(ValueError, match="OUTxIN"):

@@ -7,7 +7,7 @@ import torch
 
 from parabench import train
 from parabench.case import Case
-from parabench.precision import disable_tf32
+from parabench.precision import FP16_LOSS_SCALE, Autocast, StaticGradScaler, disable_tf32
 from parabench.strategies.base import RankContext
 
 
@@ -43,3 +43,29 @@ def test_every_case_a_rank_builds_sets_its_rank_up_for_its_device(monkeypatch):
     context = RankContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo")
     train.build(context, Case("single", "sgd", "mlp-digits", 1))
     assert seen == [torch.device("cpu")]
+
+
+def test_the_static_scaler_skips_an_overflowing_step_and_keeps_its_scale():
+    weight = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([weight], lr=0.5)
+    scaler = StaticGradScaler(device="cpu")  # torch's GradScaler runs on CPU tensors too
+
+    def step(loss: torch.Tensor) -> None:
+        optimizer.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    step((weight * torch.tensor([float("inf"), 1.0])).sum())  # an overflowing gradient
+    assert torch.equal(weight.detach(), torch.ones(2))  # skipped
+    assert scaler.get_scale() == FP16_LOSS_SCALE  # torch's own would have halved it
+    for _ in range(3):
+        step(weight.sum())  # a gradient of 1, scaled and unscaled
+        assert scaler.get_scale() == FP16_LOSS_SCALE
+    assert torch.equal(weight.detach(), torch.full((2,), 1 - 3 * 0.5))
+
+
+def test_fp16_autocast_scales_at_the_static_scale():
+    scaler = Autocast("fp16", "cuda").scaler
+    assert isinstance(scaler, StaticGradScaler) and scaler.static_scale == FP16_LOSS_SCALE
+    assert Autocast("bf16", "cpu").scaler is None

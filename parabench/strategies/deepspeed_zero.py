@@ -23,7 +23,7 @@ import torch
 
 from parabench.measure import optimizer_state_tensors
 from parabench.optimizers import OptimizerSpec
-from parabench.precision import dtype_of
+from parabench.precision import FP16_LOSS_SCALE, dtype_of
 from parabench.requirements import Requirements
 from parabench.strategies.base import LossFn, RankContext, Strategy
 from parabench.strategies.options import Chunked, check_integer, check_known
@@ -143,7 +143,7 @@ class DeepSpeedZero(Strategy):
         if self.precision == "bf16":
             config["bf16"] = {"enabled": True}
         elif self.precision == "fp16":
-            config["fp16"] = {"enabled": True, "initial_scale_power": 16}
+            config["fp16"] = {"enabled": True, "loss_scale": FP16_LOSS_SCALE}  # static: its reference's too
         return config
 
     def train_step(self, micro_batches: list[Batch], loss_fn: LossFn) -> torch.Tensor:
