@@ -4,7 +4,8 @@ ColossalAI's code paths assume a CUDA (or NPU) device in places where a CPU run 
 stream and event calls around communication, device asserts, ``torch.cuda`` calls. Each patch below
 names the upstream behaviour and when it can go. ``ensure_cpu_patches(device)`` applies ``CPU_PATCHES`` only
 to a case that runs on the CPU (on a GPU host too, under ``--bench-device=cpu``), so a CUDA case is never
-patched by them; ``VERSION_PATCHES`` (a mismatch with the pinned transformers, on any device) always apply. The patches in force are recorded in every case result.
+patched by them; ``VERSION_PATCHES`` (a mismatch with the pinned transformers, on any device) always apply.
+The patches in force are recorded in every case result.
 GeminiPlugin runs on CPU with static placement and nothing offloaded (two chunk patches below); its
 ``auto`` placement and offload fractions need CUDA (``ColossalAIGemini.requirements``).
 """

@@ -82,7 +82,8 @@ def _colossalai_build() -> None:
 
     if torch.cuda.is_available():
         return  # with CUDA, ColossalAI builds its CUDA/x86 extension itself
-    ensure_cpu_patches("cpu")  # the x86 kernel needs CUDA headers; the plain C++ one builds (parabench/colossalai_cpu.py)
+    # The x86 kernel needs CUDA headers; the plain C++ one builds (parabench/colossalai_cpu.py).
+    ensure_cpu_patches("cpu")
     from colossalai.kernel.kernel_loader import CPUAdamLoader
 
     CPUAdamLoader().load()

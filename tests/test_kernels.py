@@ -49,7 +49,8 @@ def test_on_a_cuda_device_the_command_builds_the_cuda_kernels_and_reports_the_fi
     assert built == ["deepspeed-cpu-adam", "deepspeed-fused-adam", "colossalai-cpu-adam-x86", "colossalai-fused-optim"]
     out = capsys.readouterr().out
     for name, file in (("deepspeed-cpu-adam", "cpu_adam.so"), ("deepspeed-fused-adam", "fused_adam.so"),
-                       ("colossalai-cpu-adam-x86", "cpu_adam_x86.so"), ("colossalai-fused-optim", "fused_optim_cuda.so")):
+                       ("colossalai-cpu-adam-x86", "cpu_adam_x86.so"),
+                       ("colossalai-fused-optim", "fused_optim_cuda.so")):
         line = next(line for line in out.splitlines() if line.startswith(f"{name}: "))
         assert line.endswith(f"{file})"), line
     assert "cpu_adam_arm.so" not in out and "colossalai-cpu-adam:" not in out  # the CPU kernel is not looked for

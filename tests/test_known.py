@@ -52,7 +52,7 @@ def test_every_entry_names_the_device_it_was_measured_on():
     for deviation in KNOWN_DEVIATIONS:
         assert deviation.device in ("cpu", "cuda"), f"{deviation.pattern}: measured on {deviation.device!r}"
     with pytest.raises(TypeError, match="device"):
-        KnownDeviation("torch-ddp-*", "an entry without its device", Crash("RuntimeError", "x"))  # type: ignore[call-arg]
+        KnownDeviation("torch-ddp-*", "no device", Crash("RuntimeError", "x"))  # type: ignore[call-arg]
 
 
 # A drift (kernels' rounding) and crashes (upstream exceptions), each recorded on CPU.

@@ -1,4 +1,4 @@
-"""Precision set-up in the ranks: fp32 without TF32 on CUDA, and one fp16 loss-scaling policy on both sides of parity."""
+"""Precision set-up in the ranks: fp32 without TF32 on CUDA; one fp16 loss-scaling policy on both sides of parity."""
 
 from __future__ import annotations
 
