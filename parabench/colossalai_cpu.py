@@ -2,9 +2,10 @@
 
 ColossalAI's code paths assume a CUDA (or NPU) device in places where a CPU run needs nothing:
 stream and event calls around communication, device asserts, ``torch.cuda`` calls. Each patch below
-names the upstream behaviour and when it can go. ``ensure_cpu_patches()`` applies ``CPU_PATCHES`` only
-when CUDA is absent, so a GPU run is never patched by them; ``VERSION_PATCHES`` (a mismatch with the
-pinned transformers, on any device) always apply. The patches in force are recorded in every case result.
+names the upstream behaviour and when it can go. ``ensure_cpu_patches(device)`` applies ``CPU_PATCHES`` only
+to a case that runs on the CPU (on a GPU host too, under ``--bench-device=cpu``), so a CUDA case is never
+patched by them; ``VERSION_PATCHES`` (a mismatch with the pinned transformers, on any device) always apply.
+The patches in force are recorded in every case result.
 GeminiPlugin runs on CPU with static placement and nothing offloaded (two chunk patches below); its
 ``auto`` placement and offload fractions need CUDA (``ColossalAIGemini.requirements``).
 """
@@ -260,7 +261,7 @@ CPU_PATCHES = (
 )
 
 
-def ensure_cpu_patches() -> None:
-    """Apply the version patches, and every CPU patch when this process has no CUDA device."""
-    for patch in VERSION_PATCHES + (() if torch.cuda.is_available() else CPU_PATCHES):
+def ensure_cpu_patches(device: torch.device | str) -> None:
+    """Apply the version patches, and every CPU patch when the case runs on the CPU (``device``: the rank's)."""
+    for patch in VERSION_PATCHES + (CPU_PATCHES if torch.device(device).type == "cpu" else ()):
         patch.ensure()

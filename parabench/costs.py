@@ -130,11 +130,19 @@ class CommCounter(TorchDispatchMode):
                 for name, entry in sorted(self.calls.items())}
 
 
-def step_costs(step: Callable[[], object]) -> tuple[dict[str, dict[str, Any]], int]:
-    """Run ``step`` once, counting its collectives and its matmul FLOPs: ``(comm, flops)`` of this rank."""
-    from torch.profiler import ProfilerActivity, profile
+def profiler_activities(device: torch.device | str) -> list:
+    """What the profiler records for a case on ``device`` (the rank's): CUDA kernels only for a CUDA case."""
+    from torch.profiler import ProfilerActivity
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    return [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
+
+
+def step_costs(step: Callable[[], object], device: torch.device | str) -> tuple[dict[str, dict[str, Any]], int]:
+    """Run ``step`` once on ``device`` (the rank's), counting its collectives and its matmul FLOPs: ``(comm, flops)``
+    of this rank."""
+    from torch.profiler import profile
+
+    activities = profiler_activities(device)
     counter = CommCounter()
     # profile_memory, though nothing here reads it: on CPU this step is the warm-up of the profiled peak that
     # follows (parabench.train), and only a memory-profiled step warms it. Without it the next step's peak

@@ -3,8 +3,9 @@
 fairscale's FSDP orders its all-gathers, casts and gradient reductions on CUDA streams
 (``torch.cuda.current_stream``, ``torch.cuda.stream``, ``Tensor.record_stream``) and calls the
 ``_all_gather_base`` / ``_reduce_scatter_base`` collectives that gloo does not implement. On a CPU
-the kernels run in program order, so a stream that orders nothing is exact. ``ensure_cpu_shim()``
-applies the patches only when CUDA is absent; the patches in force are recorded in every result.
+the kernels run in program order, so a stream that orders nothing is exact. ``ensure_cpu_shim(device)``
+applies the patches only to a case that runs on the CPU (on a GPU host too, under ``--bench-device=cpu``); the
+patches in force are recorded in every result.
 """
 
 from __future__ import annotations
@@ -70,9 +71,10 @@ CPU_PATCHES = (
 
 
 def shim_unavailable() -> str | None:
-    """Why fairscale-fsdp cannot run here (None: CUDA, or the shim fits the installed fairscale)."""
-    if torch.cuda.is_available():
-        return None
+    """Why fairscale-fsdp cannot run on the CPU here (None: the shim fits the installed fairscale).
+
+    A CPU-only probe (``Requirements.cpu_probes``): a CUDA case runs without the shim.
+    """
     try:
         found = importlib.metadata.version("fairscale")
     except importlib.metadata.PackageNotFoundError:
@@ -83,8 +85,8 @@ def shim_unavailable() -> str | None:
     return None
 
 
-def ensure_cpu_shim() -> None:
-    """Apply the CPU patches when this process has no CUDA device."""
-    if not torch.cuda.is_available():
+def ensure_cpu_shim(device: torch.device | str) -> None:
+    """Apply the CPU patches when the case runs on the CPU (``device``: the rank's), whatever devices the host has."""
+    if torch.device(device).type == "cpu":
         for patch in CPU_PATCHES:
             patch.ensure()

@@ -145,7 +145,9 @@ class KnownDeviation:
     pattern: str  # fnmatch pattern over case ids
     reason: str
     failure: Drift | Stall | Crash  # which failure it documents, and how large
-    device: str | None = None  # where it was measured to deviate ("cpu", "cuda"); None: everywhere
+    # Where it was measured to deviate ("cpu", "cuda"), and so where it is expected: another device's kernels,
+    # streams and collectives may not deviate at all, and a case that passes there would fail as a strict xfail.
+    device: str
 
     def describe(self) -> str:
         """The reason, and the failure it documents (the xfail's reason)."""
@@ -166,7 +168,7 @@ KNOWN_DEVIATIONS = (
         "torch-fsdp-adafactor-*",
         "torch 2.13: torch.optim.Adafactor on FSDP2's DTensor shards fails in sharding propagation "
         "(aten.pow_ on a _NormP partial placement of the row/column norms). Remove when the case passes.",
-        Crash("RuntimeError", r"pow_"), device=None),
+        Crash("RuntimeError", r"pow_"), device="cpu"),
     KnownDeviation(
         "torch-fsdp1-adafactor-*",
         "FSDP1 hands the optimizer 1-D flat shards and torch.optim.Adafactor factors its second moment only "
@@ -183,7 +185,7 @@ KNOWN_DEVIATIONS = (
     KnownDeviation(
         "colossalai-hybrid-*adafactor-vit_digits-*",
         "DistributedAdaFactor fails on ViT's tensor-parallel model, upstream. Remove when the case passes.",
-        Crash("RuntimeError", r"output with shape \[1\] doesn't match the broadcast shape \[1, 1\]")),
+        Crash("RuntimeError", r"output with shape \[1\] doesn't match the broadcast shape \[1, 1\]"), device="cpu"),
     KnownDeviation(
         "colossalai-hybrid-*adafactor-gpt2_text-w2-fp32-tp2",
         "DistributedAdaFactor on GPT-2's tensor-parallel layers (fused qkv Conv1D, vocab-parallel embedding) leaves "
@@ -215,7 +217,7 @@ KNOWN_DEVIATIONS = (
         "colossalai 0.5.0 TorchFSDPPlugin re-initialises the optimizer with `optimizer.__init__(params, "
         "**optimizer.defaults)`; torch's AdamW keeps `decoupled_weight_decay` in its defaults but does not take it. "
         "Adam and SGD run. Remove when the case passes.",
-        Crash("TypeError", r"unexpected keyword argument 'decoupled_weight_decay'")),
+        Crash("TypeError", r"unexpected keyword argument 'decoupled_weight_decay'"), device="cpu"),
     KnownDeviation("fairscale-sdp-adamw-gpt2_text-w2-fp32", FAIRSCALE_BUFFER,
                    Drift(3.0643e-2, 2, 22, "AVX-512: 3.06e-2 from step 2 in 3 runs (3.0642986e-2 read "
                                            "exactly); AVX2: 3.0642748e-2 from step 2"), device="cpu"),
@@ -235,9 +237,10 @@ KNOWN_DEVIATIONS = (
 )
 
 
-def known_deviation(case: Case, device: str | None = None) -> KnownDeviation | None:
+def known_deviation(case: Case, device: str) -> KnownDeviation | None:
+    """The entry documenting how ``case`` deviates on ``device`` ("cpu", "cuda"); None where none does."""
     for deviation in KNOWN_DEVIATIONS:
-        if deviation.device not in (None, device):
+        if deviation.device != device:
             continue
         if fnmatch.fnmatchcase(case.id, deviation.pattern):
             return deviation

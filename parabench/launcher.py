@@ -29,10 +29,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
 from parabench.pool import CaseTimeout, PoolManager, ProgressCallback, RankFailure, RankSkip, over_memory_limit
+from parabench.worker import PLACE_VARIABLES, RENDEZVOUS_VARIABLES
 
 LAUNCHERS = ("auto", "spawn", "env", "slurm")
 # The variables a launcher sets for every rank (torchrun's, which DeepSpeed and ColossalAI read too).
-RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+RANK_VARIABLES = PLACE_VARIABLES + RENDEZVOUS_VARIABLES
 # A rank not heard from for this long is gone (its heartbeat is written every HEARTBEAT_S).
 HEARTBEAT_S = 1.0
 SILENT_S = 20.0

@@ -28,6 +28,8 @@ STATE_CATEGORIES = ("params", "grads", "optimizer", "master", "buffers")
 #     buffer's last reference is dropped on a gloo thread, whose frees the profiler does not record
 #   state_bytes 2: every storage a rank holds, DeepSpeed ZeRO-3's fp32 partition copy in fp32 runs included
 #   state_bytes 3: and DDP's reducer buckets (``buffers``), a copy of the gradients every DDP-wrapped case holds
+# (On CUDA, where no run was stored before, peak_allocated_bytes is the same rise over one step, read from the
+# allocator's counters: ``cuda_step_peak_bytes``.)
 MEASURES = {"peak_allocated_bytes": 3, "state_bytes": 3}
 
 
@@ -94,6 +96,21 @@ def state_bytes(tensors: Mapping[str, Iterable[object]]) -> dict[str, int]:
 def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> Iterable[object]:
     for per_param in optimizer.state.values():
         yield from per_param.values()
+
+
+def cuda_step_peak_bytes(step: Callable[[], object], device: torch.device) -> tuple[int, int]:
+    """``(rise, high_water)``: CUDA bytes allocated during ``step`` above what was allocated when it started, as the
+    CPU's ``profiled_peak_bytes`` measures; and the most allocated in all during it, what the rank held before
+    the step (whatever earlier cases in this long-lived rank left allocated) included.
+
+    The caching allocator counts its blocks on the host as it hands them out and takes them back, so the counts
+    need no synchronisation with the device.
+    """
+    start = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    high_water = torch.cuda.max_memory_allocated(device)
+    return high_water - start, high_water
 
 
 def profiled_peak_bytes(step: Callable[[], object]) -> int:

@@ -115,7 +115,7 @@ def _tensor_parallel_group(context):
 
     from parabench.colossalai_cpu import ensure_cpu_patches
 
-    ensure_cpu_patches()
+    ensure_cpu_patches(context.device)
     mesh = ProcessGroupMesh(context.world_size)
     try:
         yield mesh.get_group_along_axis(0)

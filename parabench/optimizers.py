@@ -122,7 +122,8 @@ def _colossalai(name: str) -> Callable[..., torch.optim.Optimizer]:
 
         from parabench.colossalai_cpu import ensure_cpu_patches
 
-        ensure_cpu_patches()  # CPUAdam/HybridAdam's CPU kernel; no-op with CUDA
+        params = list(params)
+        ensure_cpu_patches(device_of(params))  # CPUAdam/HybridAdam's CPU kernel, for a case on the CPU
         galore = {key: kwargs.pop(key) for key in ("rank", "update_proj_gap", "scale", "proj_type") if key in kwargs}
         if galore:
             params = galore_groups(params, **galore)
@@ -130,6 +131,16 @@ def _colossalai(name: str) -> Callable[..., torch.optim.Optimizer]:
 
     build.__qualname__ = build.__name__ = f"colossalai.nn.optimizer.{name}"
     return build
+
+
+def device_of(params: list) -> torch.device:
+    """The device of the first of ``params`` (tensors, or param groups of them): the case's, where the strategy
+    built its optimizer on the placed model (every strategy with a ColossalAI optimizer, and their references)."""
+    for item in params:
+        tensors = item["params"] if isinstance(item, dict) else item
+        for tensor in [tensors] if isinstance(tensors, torch.Tensor) else tensors:
+            return tensor.device
+    return torch.device("cpu")
 
 
 def galore_groups(params: Iterable[torch.nn.Parameter], **projection: Any) -> list[dict]:

@@ -11,6 +11,12 @@ through scikit-learn), which OpenBLAS stops around a fork itself; pyarrow's jema
 background thread, which is turned off here. No framework is set up: transformers imports DeepSpeed's
 modules (through accelerate), as a spawned GPT-2 rank did, but nothing initialises them, so each
 family's ranks start from the same clean state.
+
+Nor is CUDA: it fails in every process forked after it was initialised. DeepSpeed's accelerator detection
+asks ``torch.cuda.device_count()`` and ``is_available()`` at import, which by default initialise the CUDA
+driver; with ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` they ask NVML instead, which leaves CUDA untouched.
+DeepSpeed 0.19.8 defaults the variable to 1 itself, but keeps a 0 found in the environment; here it is set.
+The server checks that CUDA is untouched before it forks anything (``worker.require_cuda_untouched``).
 """
 
 import os
@@ -18,8 +24,10 @@ import os
 # pyarrow (through transformers → pandas) allocates with jemalloc, whose background thread would be running
 # when the server forks. Read when pyarrow loads.
 os.environ.setdefault("JE_ARROW_MALLOC_CONF", "background_thread:false")
+# Read at every torch.cuda.is_available()/device_count() call. Set, not defaulted: with 0 the server poisons its forks.
+os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
 
-from parabench.worker import quiet_libraries  # noqa: E402
+from parabench.worker import quiet_libraries, require_cuda_untouched  # noqa: E402
 
 quiet_libraries()  # before transformers reads its logging variables
 
@@ -41,3 +49,5 @@ import transformers.models.gpt2.modeling_gpt2  # noqa: E402,F401
 import transformers.models.vit.modeling_vit  # noqa: E402,F401
 
 import parabench.train  # noqa: E402,F401
+
+require_cuda_untouched()  # last: after every import, before the server forks its first rank

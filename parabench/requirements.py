@@ -23,6 +23,8 @@ class Requirements:
     # (name, probe) pairs: probe() returns None when satisfied, else the reason.
     probes: tuple = field(default=())
     why_cuda: tuple[str, ...] = ()  # what needs the CUDA device, for the skip reason
+    # Probes of a CPU workaround (its fit to the installed package), asked only of a case that runs on the CPU.
+    cpu_probes: tuple = field(default=())
 
     def __add__(self, other: "Requirements") -> "Requirements":
         maxes = [m for m in (self.max_world_size, other.max_world_size) if m is not None]
@@ -34,6 +36,7 @@ class Requirements:
             world_size_multiple_of=_lcm(self.world_size_multiple_of, other.world_size_multiple_of),
             probes=self.probes + other.probes,
             why_cuda=tuple(dict.fromkeys(self.why_cuda + other.why_cuda)),
+            cpu_probes=self.cpu_probes + other.cpu_probes,
         )
 
 
@@ -96,7 +99,7 @@ def unmet(who: str, req: Requirements, world_size: int, machine: Machine) -> str
             return f"needs {world_size} ranks; this machine has {machine.cuda_devices} CUDA device(s)"
         return (f"needs {world_size} ranks; CPU runs are limited to {machine.max_cpu_world_size} "
                 f"(raise it with --bench-max-ranks)")
-    for probe in req.probes:
+    for probe in req.probes + (req.cpu_probes if machine.device == "cpu" else ()):
         reason = probe()
         if reason:
             return f"{who} {reason}"

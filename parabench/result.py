@@ -12,10 +12,10 @@ from parabench.case import Case
 RESULT_FORMAT = 1
 
 
-def high_water_bytes(state_total: int, peak_allocated: int | None, cuda: bool) -> int:
-    """One rank's high-water mark: on CUDA max allocated; on CPU, where the profiled peak is the step's
-    rise above what it starts with, the state it holds plus that rise."""
-    return (peak_allocated or 0) if cuda else state_total + (peak_allocated or 0)
+def high_water_bytes(state_total: int, peak_allocated: int | None) -> int:
+    """One rank's high-water mark: the state it holds plus the step's rise above what it starts with (the peak,
+    on CPU and CUDA alike), which no earlier case in the same rank moves."""
+    return state_total + (peak_allocated or 0)
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,8 @@ class RankResult:
     step_seconds: list[float]         # this rank's wall time of each measured step
     setup_seconds: float              # model build, wrapping and optimizer construction
     state_bytes: dict[str, int]       # params, grads, optimizer, master, total
-    peak_allocated_bytes: int | None  # CPU: profiler replay of one extra step; CUDA: max allocated
+    # One extra step's rise above what it starts with. CPU: the profiler's replay; CUDA: the allocator's counts.
+    peak_allocated_bytes: int | None
     cuda_max_reserved_bytes: int | None
     rss_bytes: dict[str, int]
     workload: dict[str, Any]          # what the data and model were (see Workload.describe)
@@ -42,6 +43,9 @@ class RankResult:
     parameters: int | None = None     # Ψ: the model's parameter count before any sharding (tied weights once)
     largest_layer: int | None = None  # the most parameters one module holds itself (DeepSpeed's ZeRO-3 estimate)
     tokens: int | None = None         # tokens this rank trains on in one step (text workloads), else None
+    # CUDA: the most allocated during the peak's step in all, what the rank held before it included (information
+    # only: it moves with what earlier cases in the rank left allocated); None on CPU.
+    cuda_max_allocated_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -82,8 +86,7 @@ class CaseResult:
     @property
     def max_high_water_bytes(self) -> int:
         """The largest rank's high-water mark (see ``high_water_bytes``)."""
-        cuda = self.environment.get("device") == "cuda"
-        return max(high_water_bytes(r.state_bytes["total"], r.peak_allocated_bytes, cuda) for r in self.ranks)
+        return max(high_water_bytes(r.state_bytes["total"], r.peak_allocated_bytes) for r in self.ranks)
 
     @property
     def global_batch(self) -> int:
@@ -114,6 +117,8 @@ class CaseResult:
             "peak_allocated_bytes": [r.peak_allocated_bytes for r in self.ranks],
             "measures": dict(MEASURES),
             "cuda_max_reserved_bytes": [r.cuda_max_reserved_bytes for r in self.ranks],
+            **({"cuda_max_allocated_bytes": [r.cuda_max_allocated_bytes for r in self.ranks]}
+               if any(r.cuda_max_allocated_bytes is not None for r in self.ranks) else {}),
             "rss_bytes": [r.rss_bytes for r in self.ranks],
             "setup_seconds": max(r.setup_seconds for r in self.ranks),
             "wall_seconds": self.wall_seconds,

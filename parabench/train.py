@@ -11,9 +11,10 @@ from parabench.calibration import calibration_seconds
 from parabench.case import Case, shard_bounds, split_batch
 from parabench.costs import step_costs
 from parabench.inject import Perturbation
-from parabench.measure import StepTimer, ddp_buckets, profiled_peak_bytes, rss_bytes, state_bytes
+from parabench.measure import StepTimer, cuda_step_peak_bytes, ddp_buckets, profiled_peak_bytes, rss_bytes, state_bytes
 from parabench.optimizers import OPTIMIZERS
 from parabench.patches import in_force as patches_in_force
+from parabench.precision import disable_tf32
 from parabench.result import RankResult
 from parabench.strategies import STRATEGIES, RankContext, Strategy
 from parabench.trace import TraceRequest, record_trace
@@ -47,6 +48,7 @@ class CaseData:
 def build(context: RankContext, case: Case,
           examples: torch.Tensor | None = None) -> tuple[Strategy, Workload, CaseData]:
     """The case's strategy set up on this rank, its workload, and its data (``examples``: a training split)."""
+    disable_tf32(context.device)  # fp32 parity compares full-fp32 arithmetic on both sides
     workload = WORKLOADS.get(case.workload)
     strategy = STRATEGIES.get(case.strategy)(context, case.precision, dict(case.options))
     data = CaseData(workload, case, *strategy.data_parallel(), device=context.device, examples=examples)
@@ -65,9 +67,9 @@ def run_case(context: RankContext, case: Case, perturbation: Perturbation | None
 
     ``perturbation`` (self-test only) makes the case slower, bigger or wrong on purpose. ``trace``: after
     every measurement, profile that many more steps and write this rank's Chrome trace (``--profile``).
-    ``memory=False``: a run for its step times only (an A/B session's later rounds): on CPU the two profiled
-    steps that measure the peak are left out (``peak_allocated_bytes`` None), which makes a gpt2-text run
-    about a third shorter.
+    ``memory=False``: a run for its step times only (an A/B session's later rounds): the two extra steps that
+    measure the peak and count the costs are left out (``peak_allocated_bytes`` None), which makes a gpt2-text
+    run on CPU about a third shorter.
     """
     calibration = calibration_seconds(context.device)  # the machine's speed right now, on these ranks
     started = time.perf_counter()
@@ -83,10 +85,7 @@ def run_case(context: RankContext, case: Case, perturbation: Perturbation | None
     try:
         for step in range(case.total_steps):
             if cuda and step == case.warmup_steps:
-                if perturbation and perturbation.grows_memory:
-                    held.append(perturbation.ballast(torch.cuda.max_memory_allocated(context.device),
-                                                     context.device))
-                torch.cuda.reset_peak_memory_stats(context.device)
+                torch.cuda.reset_peak_memory_stats(context.device)  # the measured steps' reserved peak
             batches = data.micro_batches(step)  # loading is not part of the step's time
             inject.before_step(case, context.rank, context.world_size, step)
             train = lambda: strategy.train_step(batches, workload.loss)  # noqa: E731
@@ -107,19 +106,27 @@ def run_case(context: RankContext, case: Case, perturbation: Perturbation | None
         step = lambda: strategy.train_step(extra, workload.loss)  # noqa: E731
         if perturbation:
             step = perturbation.communicating(step)
-        comm = flops = None
+        comm = flops = high_water = None
         if cuda:
-            peak = torch.cuda.max_memory_allocated(context.device)
             reserved = torch.cuda.max_memory_reserved(context.device)
-            if memory:
-                comm, flops = step_costs(step)  # one more step, untimed, after the peaks are read
+            if not memory:
+                peak = None
+            else:
+                # One more step, untimed: its rise above what it starts with, as on CPU, so that what earlier cases
+                # left allocated in this rank does not move it; then one that counts collectives and FLOPs.
+                peak, high_water = cuda_step_peak_bytes(step, context.device)
+                if perturbation and perturbation.grows_memory:
+                    unperturbed = peak
+                    peak, high_water = cuda_step_peak_bytes(
+                        lambda: _holding(perturbation.ballast(unperturbed, context.device), step), context.device)
+                comm, flops = step_costs(step, context.device)
         elif not memory:
             peak = reserved = None
         else:
             # Two more steps, profiled and untimed; their losses are not part of the curve. The first
             # profiled step of a case peaked up to 9 % higher than every later one; the second is steady.
             # The first counts the step's collectives and FLOPs (parabench.costs), the second measures the peak.
-            comm, flops = step_costs(step)
+            comm, flops = step_costs(step, context.device)
             peak = profiled_peak_bytes(step)
             if perturbation and perturbation.grows_memory:
                 unperturbed = peak
@@ -129,7 +136,8 @@ def run_case(context: RankContext, case: Case, perturbation: Perturbation | None
             peak = perturbation.recorded_peak(peak)
         result = RankResult(rank=context.rank, global_batch=data.global_batch, losses=losses,
                             step_seconds=step_seconds, setup_seconds=setup_seconds, state_bytes=state,
-                            peak_allocated_bytes=peak, cuda_max_reserved_bytes=reserved, rss_bytes=rss_bytes(),
+                            peak_allocated_bytes=peak, cuda_max_reserved_bytes=reserved,
+                            cuda_max_allocated_bytes=high_water, rss_bytes=rss_bytes(),
                             workload=workload.describe(), fingerprint=workload.fingerprint(),
                             calibration_seconds=calibration, patches=patches_in_force(), comm=comm, flops=flops,
                             parameters=strategy.parameter_count, largest_layer=strategy.largest_layer,

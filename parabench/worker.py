@@ -13,6 +13,7 @@ import os
 import signal
 import traceback
 from dataclasses import dataclass
+from typing import MutableMapping
 
 STACK_SIGNAL = signal.SIGUSR1  # the controller sends it to a hung rank to get its Python stacks
 
@@ -70,6 +71,53 @@ def _die_with_parent() -> None:
         pass
 
 
+# The variables a launcher sets for every rank (torchrun's, which DeepSpeed and ColossalAI read): its place, and
+# where its process group meets.
+PLACE_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+RENDEZVOUS_VARIABLES = ("MASTER_ADDR", "MASTER_PORT")
+
+
+def claim_rank_variables(config: WorkerConfig, environ: MutableMapping[str, str] = os.environ) -> int:
+    """Write this spawned rank's own place into torchrun's variables; return its local rank (its CUDA device).
+
+    A pool's ranks are one node's, started by this session: rank r of N is local rank r of N. What a launcher
+    left in the environment (a session started inside torchrun or an srun step) is another process group's:
+    read, it put every rank on the launcher's GPU, and DeepSpeed took the launcher's world size. The pool meets
+    through a file store, so the launcher's rendezvous address goes too. Only a launched session
+    (``parabench.launcher``) takes its ranks from the environment.
+    """
+    values = (config.rank, config.world_size, config.rank, config.world_size)
+    environ.update({name: str(value) for name, value in zip(PLACE_VARIABLES, values)})
+    for name in RENDEZVOUS_VARIABLES:
+        environ.pop(name, None)
+    return config.rank
+
+
+# torch names no public way to ask whether CUDA's driver was initialised; these are the checks it makes itself.
+_CUDA_FORK_FIX = ("keep PYTORCH_NVML_BASED_CUDA_CHECK=1 set there (parabench/rank_imports.py sets it: "
+                  "torch.cuda.is_available() and device_count() then ask NVML), or import the module that touches "
+                  "CUDA in the ranks instead")
+
+
+def require_cuda_untouched() -> None:
+    """In the process that forks the ranks: fail now, naming the cause, if CUDA was initialised in it."""
+    import torch
+
+    if torch.cuda.is_initialized():
+        raise RuntimeError("CUDA was initialised in the process that forks the ranks (multiprocessing's fork server, "
+                           "which imports parabench.rank_imports), and CUDA fails in every process forked after "
+                           f"that; {_CUDA_FORK_FIX}")
+
+
+def require_cuda_forkable() -> None:
+    """In a CUDA rank: fail, naming the cause, if CUDA had been touched in the server it was forked from."""
+    import torch
+
+    if torch.cuda._is_in_bad_fork():
+        raise RuntimeError("this rank was forked from a process that had initialised CUDA (the fork server, which "
+                           "imports parabench.rank_imports), so CUDA cannot start in it; " + _CUDA_FORK_FIX)
+
+
 def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -100,8 +148,9 @@ def main(config: WorkerConfig, conn, progress: ctypes.Array[ctypes.c_longlong] |
     cores = pinned_cpus(config.rank, config.world_size, config.threads) if config.pin else None
     if cores and config.device_type == "cpu":
         os.sched_setaffinity(0, cores)
-    local_rank = int(os.environ.get("LOCAL_RANK", config.rank))
+    local_rank = claim_rank_variables(config)
     if config.device_type == "cuda":
+        require_cuda_forkable()
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:

@@ -120,5 +120,5 @@ def count_collectives(context) -> tuple[dict, int]:
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Linear(8, 4)))
     x = torch.randn(6, 16)
     model(x).sum().backward()  # DDP's first backward rebuilds its buckets
-    comm, flops = step_costs(lambda: model(x).sum().backward())
+    comm, flops = step_costs(lambda: model(x).sum().backward(), context.device)
     return {"collectives": counter.counts(), "ddp": comm}, flops

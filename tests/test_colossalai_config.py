@@ -58,6 +58,44 @@ def test_a_patch_applies_once_and_is_recorded():
     assert "test-only-patch" in in_force()
 
 
+@pytest.mark.parametrize("strategy, plugin", [("colossalai-lowlevelzero1", "LowLevelZeroPlugin"),
+                                              ("colossalai-lowlevelzero2", "LowLevelZeroPlugin"),
+                                              ("colossalai-gemini", "GeminiPlugin"),
+                                              ("colossalai-hybrid", "HybridParallelPlugin")])
+def test_fp16_plugins_hold_their_loss_scale_at_the_references(strategy, plugin, monkeypatch):
+    import colossalai.booster.plugin
+    import torch
+
+    from parabench.matrix import reference_of
+    from parabench.precision import FP16_LOSS_SCALE, StaticGradScaler
+    from parabench.strategies.base import RankContext
+
+    built = {}
+    monkeypatch.setattr(colossalai.booster.plugin, plugin, lambda **kwargs: built.update(kwargs))
+    cuda = RankContext(0, 2, 0, torch.device("cuda", 0), "nccl")
+    STRATEGIES.get(strategy)(cuda, "fp16", {}).plugin(torch.nn.Linear(4, 4), None)
+    # Pinned: the scaler's minimum and maximum at its initial scale, so no overflow or growth moves it.
+    assert (built["initial_scale"], built["min_scale"], built["max_scale"]) == (FP16_LOSS_SCALE,) * 3
+    reference = reference_of(Case(strategy, "hybrid-adam", "gpt2-text", 2, precision="fp16"))
+    scaler = STRATEGIES.get(reference.strategy)(RankContext(0, 1, 0, torch.device("cuda", 0), "nccl"),
+                                                "fp16").autocast.scaler
+    assert isinstance(scaler, StaticGradScaler) and scaler.static_scale == FP16_LOSS_SCALE
+    built.clear()
+    STRATEGIES.get(strategy)(cuda, "bf16", {}).plugin(torch.nn.Linear(4, 4), None)
+    assert not {"initial_scale", "min_scale", "max_scale"} & set(built)  # bf16 does not scale: the plugin's defaults
+
+
+def test_fp16_under_the_boosters_torch_amp_holds_the_references_scale():
+    from types import SimpleNamespace
+
+    from parabench.precision import FP16_LOSS_SCALE, StaticGradScaler
+    from parabench.strategies.colossalai_booster import hold_loss_scale
+
+    amp_optimizer = SimpleNamespace(scaler=object())  # as the booster's TorchAMPOptimizer holds its GradScaler
+    hold_loss_scale(amp_optimizer)
+    assert isinstance(amp_optimizer.scaler, StaticGradScaler) and amp_optimizer.scaler.static_scale == FP16_LOSS_SCALE
+
+
 @pytest.mark.parametrize("text", ["4096", "0x8", "axb", "4096x"])
 def test_weight_shape_must_read_out_by_in(text):
     with pytest.raises(ValueError, match="OUTxIN"):
@@ -78,12 +116,11 @@ import os, sys, tempfile
 import torch, torch.distributed as dist
 from colossalai.zero.gemini.chunk.chunk import Chunk
 original = (Chunk.__dict__["device_type"], Chunk.close_chunk, Chunk.shard_move)
-cuda = sys.argv[1] == "cuda"
-if cuda:  # a machine with a CUDA device, as the patches see it
-    torch.cuda.is_available = lambda: True
+cuda = sys.argv[1] == "cuda"  # the case's device
+torch.cuda.is_available = lambda: True  # on a host with a CUDA device (a CPU case: --bench-device=cpu)
 from parabench.colossalai_cpu import ensure_cpu_patches
 from parabench.patches import in_force
-ensure_cpu_patches()
+ensure_cpu_patches(torch.device(sys.argv[1]))
 now = (Chunk.__dict__["device_type"], Chunk.close_chunk, Chunk.shard_move)
 print("patched", [a is not b for a, b in zip(original, now)])
 print("in force", sorted(p for p in in_force() if "gemini" in p))
@@ -101,7 +138,7 @@ if not cuda:
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
-def test_gemini_cpu_patches_apply_without_cuda_only(device, tmp_path):
+def test_gemini_cpu_patches_apply_to_a_cpu_case_only_on_a_host_with_cuda_too(device, tmp_path):
     import subprocess
     import sys
     from pathlib import Path
@@ -139,6 +176,17 @@ def test_gemini_on_cpu_skips_only_what_needs_cuda():
                               options={"offload_optim": 0.0, "shard": 0.5})[0]
     assert skip_reason(nothing_offloaded, cpu) == skip_reason(gemini[0], cpu)
     assert skip_reason(auto, Machine(cuda_devices=2, max_cpu_world_size=4)) in (None, skip_reason(gemini[0], cpu))
+
+
+def test_a_colossalai_optimizer_applies_the_patches_of_its_parameters_device():
+    import torch
+
+    from parabench.optimizers import device_of
+
+    weight, bias = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2))
+    assert device_of([weight, bias]) == torch.device("cpu")
+    assert device_of([{"params": [torch.ones(1, device="meta")]}, {"params": [bias]}]) == torch.device("meta")
+    assert device_of([{"params": torch.ones(1, device="meta")}]) == torch.device("meta")
 
 
 def test_gemini_chunks_are_scaled_to_the_model():

@@ -89,3 +89,13 @@ def test_a_tensor_subclass_that_rewraps_its_results_is_counted():
         (torch.ones(2, 4) @ weight).sum().backward()
     assert counter.counts() == {}
     assert torch.equal(weight.grad, torch.full((4, 3), 2.0))
+
+
+def test_the_profiler_records_cuda_kernels_for_a_cuda_case_only(monkeypatch):
+    from torch.profiler import ProfilerActivity
+
+    from parabench.costs import profiler_activities
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU host; --bench-device=cpu runs CPU cases
+    assert profiler_activities(torch.device("cpu")) == [ProfilerActivity.CPU]
+    assert profiler_activities(torch.device("cuda", 0)) == [ProfilerActivity.CPU, ProfilerActivity.CUDA]

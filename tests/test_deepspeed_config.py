@@ -49,6 +49,20 @@ def test_options_map_to_their_config_entries():
     assert quantized["zero_quantized_weights"] and quantized["zero_quantized_gradients"]
 
 
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_fp16_scales_its_loss_statically_at_its_references_scale(stage):
+    from deepspeed.runtime.precision_config import get_float16_config
+
+    from parabench.precision import FP16_LOSS_SCALE, StaticGradScaler
+
+    fp16 = get_float16_config({"fp16": config(f"deepspeed-zero{stage}", "fp16", device="cuda")["fp16"]})
+    assert fp16.enabled and fp16.loss_scale == FP16_LOSS_SCALE  # DeepSpeed's static scaler: loss_scale > 0
+    reference = matrix.reference_of(Case(f"deepspeed-zero{stage}", "adam", "gpt2-text", 2, precision="fp16"))
+    context = RankContext(rank=0, world_size=1, local_rank=0, device=torch.device("cuda", 0), backend="nccl")
+    scaler = STRATEGIES.get(reference.strategy)(context, "fp16").autocast.scaler
+    assert isinstance(scaler, StaticGradScaler) and scaler.static_scale == FP16_LOSS_SCALE
+
+
 @pytest.mark.parametrize("strategy, options, message", [
     ("deepspeed-zero2", {"offload_param": True}, "ZeRO-3 option"),
     ("deepspeed-zero1", {"hpz": 2}, "ZeRO-3 option"),

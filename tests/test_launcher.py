@@ -34,6 +34,39 @@ def test_torchrun_environment_is_a_launch():
     assert detect("spawn", TORCHRUN_ENV) is None  # the user asked for spawned ranks
 
 
+# A spawned session started inside a launcher: its ranks must not take the launcher's place for their own.
+LAUNCHER_AROUND = {"RANK": "5", "LOCAL_RANK": "3", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4",
+                   "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}
+
+
+def test_a_spawned_rank_takes_its_own_place_not_the_launchers_around_it(monkeypatch):
+    from parabench.worker import WorkerConfig, claim_rank_variables
+
+    for name, value in LAUNCHER_AROUND.items():
+        monkeypatch.setenv(name, value)
+    config = WorkerConfig(rank=1, world_size=2, device_type="cuda", backend="nccl", init_method="file:///x",
+                          stack_path="/dev/null", process_group_timeout_s=60, threads=1)
+    assert claim_rank_variables(config) == 1  # its CUDA device: rank 1 of the pool, not the launcher's local rank 3
+    assert {name: os.environ.get(name) for name in LAUNCHER_AROUND} == {
+        "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": None,
+        "MASTER_PORT": None}  # the pool meets through its file store, not at the launcher's address
+
+
+def test_deepspeed_reads_the_ranks_own_place_over_a_launchers(monkeypatch):
+    pytest.importorskip("deepspeed")
+    import deepspeed.comm
+    import torch
+
+    from parabench.strategies.base import RankContext
+    from parabench.strategies.deepspeed_zero import ensure_deepspeed_comm
+
+    for name, value in LAUNCHER_AROUND.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(deepspeed.comm, "is_initialized", lambda: True)  # wraps the group the rank joined already
+    ensure_deepspeed_comm(RankContext(rank=1, world_size=2, local_rank=1, device=torch.device("cpu"), backend="gloo"))
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("1", "2", "1")
+
+
 @pytest.mark.parametrize("change, message", [
     ({"MASTER_ADDR": None}, "MASTER_ADDR is not set"),
     ({"RANK": "one"}, "RANK='one' is not a whole number"),

@@ -126,3 +126,29 @@ def test_the_fairscale_fsdp_shim_names_the_version_it_was_written_for(monkeypatc
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.5.0")
     reason = fairscale_cpu.shim_unavailable()
     assert "needs CUDA" in reason and "written for fairscale 0.4.13, found 0.5.0" in reason
+
+
+def test_the_fairscale_cpu_shim_is_keyed_on_the_cases_device_not_the_hosts(monkeypatch):
+    import importlib.metadata
+
+    from parabench import fairscale_cpu
+    from parabench.requirements import Machine, unmet
+    from parabench.strategies import STRATEGIES
+
+    class Recorded:
+        def ensure(self) -> None:
+            applied.append(self)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU host
+    applied: list[Recorded] = []
+    monkeypatch.setattr(fairscale_cpu, "CPU_PATCHES", (Recorded(), Recorded()))
+    fairscale_cpu.ensure_cpu_shim(torch.device("cuda", 0))
+    assert applied == []
+    fairscale_cpu.ensure_cpu_shim(torch.device("cpu"))  # --bench-device=cpu on that host
+    assert applied == list(fairscale_cpu.CPU_PATCHES)
+    # Its fit to the installed fairscale is asked of a CPU case only.
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.5.0")
+    needs = STRATEGIES.get("fairscale-fsdp").requirements("fp32")
+    cpu_case = unmet("fairscale-fsdp", needs, 2, Machine(cuda_devices=0, max_cpu_world_size=2))
+    assert cpu_case is not None and "written for fairscale 0.4.13, found 0.5.0" in cpu_case
+    assert unmet("fairscale-fsdp", needs, 2, Machine(cuda_devices=2, max_cpu_world_size=2)) is None

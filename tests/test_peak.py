@@ -12,10 +12,12 @@ import torch
 from torch.profiler import record_function
 
 from parabench.baselines import load_run
+from parabench.case import Case
 from parabench.gate import compare
 from parabench.inject import Perturbation
 from parabench.measure import profiled_peak_bytes
 from parabench.policy import load_policy
+from parabench.result import CaseResult, RankResult
 from parabench.verdict import Verdict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,3 +188,59 @@ def test_the_former_35_percent_let_it_pass(case_id):
     patterns = ("torch-fsdp-*",) if case_id.startswith("torch-fsdp-") else ("deepspeed-zero3-*",)
     loose = with_peak_rtol(POLICY, patterns, 0.35)
     assert peak_verdict(case_id, Perturbation.parse("peak=0.3"), loose) is Verdict.UNCHANGED
+
+
+# --------------------------------------------------------------------------- CUDA
+
+
+class FakeCudaAllocator:
+    """torch.cuda's allocator counters, driven by hand: what a rank that lives across cases holds, and a step."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.allocated = self.peak = 0
+        monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: self.allocated)
+        monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: self.peak)
+        monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: setattr(self, "peak",
+                                                                                               self.allocated))
+
+    def allocate(self, nbytes: int) -> None:
+        self.allocated += nbytes
+        self.peak = max(self.peak, self.allocated)
+
+    def free(self, nbytes: int) -> None:
+        self.allocated -= nbytes
+
+
+def test_a_cuda_peak_is_the_steps_rise_whatever_earlier_cases_left_in_the_rank(monkeypatch):
+    from parabench.measure import cuda_step_peak_bytes
+
+    cuda = FakeCudaAllocator(monkeypatch)
+    device = torch.device("cuda", 0)
+
+    def step():  # activations of 300 and 200 bytes, freed by the end of the step
+        cuda.allocate(300)
+        cuda.allocate(200)
+        cuda.free(500)
+
+    cuda.allocate(1000)
+    cuda.free(600)  # an earlier case's 1000-byte high-water, 400 bytes of it still held
+    assert cuda_step_peak_bytes(step, device) == (500, 900)
+    cuda.allocate(5000)  # another history of the same rank
+    assert cuda_step_peak_bytes(step, device) == (500, 5900)  # the same rise; the absolute high-water moved
+
+
+def rank_result(peak: int, cuda_max_allocated: int | None) -> RankResult:
+    return RankResult(rank=0, global_batch=8, losses=[1.0], step_seconds=[0.1], setup_seconds=0.0,
+                      state_bytes={"total": 1000}, peak_allocated_bytes=peak, cuda_max_reserved_bytes=None,
+                      rss_bytes={}, workload={}, fingerprint="", cuda_max_allocated_bytes=cuda_max_allocated)
+
+
+def test_a_cuda_result_records_the_absolute_high_water_beside_the_rise_and_a_cpu_result_does_not():
+    case = Case("torch-ddp", "sgd", "mlp-digits", 1)
+    cuda = CaseResult(case, [rank_result(500, 7000)], environment={"device": "cuda"})
+    assert cuda.extra_info()["peak_allocated_bytes"] == [500]
+    assert cuda.extra_info()["cuda_max_allocated_bytes"] == [7000]
+    assert cuda.max_high_water_bytes == 1500  # state + the step's rise, as on CPU
+    cpu = CaseResult(case, [rank_result(500, None)], environment={"device": "cpu"})
+    assert "cuda_max_allocated_bytes" not in cpu.extra_info()  # the CPU's stored keys are unchanged
+    assert cpu.max_high_water_bytes == 1500

@@ -118,3 +118,69 @@ def test_a_rank_over_its_memory_limit_is_killed_named_and_the_pool_rebuilt():
     assert "over the limit of 1.00 GiB per rank (--bench-rank-memory" in message
     assert re.search(r"rank 0 (raised|still running after its peers failed)", message)  # its story, not a hang
     assert elapsed < 60
+
+
+# --------------------------------------------------------------------------- CUDA and the fork server
+
+# The fork server's imports on a CUDA build, as the calls that would initialise CUDA see them: each records
+# whether torch.cuda would ask NVML (PYTORCH_NVML_BASED_CUDA_CHECK=1) or initialise the CUDA driver.
+_SERVER_IMPORTS = """
+import importlib, json, os, sys
+import torch
+
+calls = []
+
+def recording(name, value):
+    def call(*args, **kwargs):
+        calls.append([name, os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")])
+        return value
+    return call
+
+torch.cuda.is_available = recording("is_available", False)
+torch.cuda.device_count = recording("device_count", 0)
+torch.cuda._lazy_init = recording("_lazy_init", None)
+torch.cuda.init = recording("init", None)
+import parabench.rank_imports
+print("calls:", json.dumps(calls))
+torch.cuda.is_initialized = lambda: True  # had an import initialised it
+try:
+    importlib.reload(parabench.rank_imports)
+except RuntimeError as error:
+    print("refused:", error)
+"""
+
+
+def test_the_fork_server_never_initialises_cuda_and_refuses_to_fork_once_it_is():
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("deepspeed")  # its accelerator detection asks torch.cuda at import
+    repo = Path(__file__).resolve().parents[1]
+    environ = {name: value for name, value in os.environ.items() if name != "DS_ACCELERATOR"}
+    # A session's environment that turns the NVML check off (DeepSpeed's own default of 1 keeps it).
+    environ.update(PYTORCH_NVML_BASED_CUDA_CHECK="0", PYTHONPATH=str(repo))
+    done = subprocess.run([sys.executable, "-c", _SERVER_IMPORTS], cwd=repo, env=environ, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    calls = json.loads(next(line for line in lines if line.startswith("calls:"))[len("calls:"):])
+    assert calls, "nothing asked torch.cuda: the recording does not see DeepSpeed's detection any more"
+    assert not [name for name, _ in calls if name in ("_lazy_init", "init")]
+    assert all(nvml == "1" for _, nvml in calls), calls  # every question went to NVML, none to the CUDA driver
+    refused = next(line for line in lines if line.startswith("refused:"))
+    assert "CUDA was initialised in the process that forks the ranks" in refused
+    assert "PYTORCH_NVML_BASED_CUDA_CHECK=1" in refused
+
+
+def test_a_cuda_rank_forked_after_cuda_was_touched_says_so(monkeypatch):
+    import torch
+
+    from parabench import worker
+
+    worker.require_cuda_forkable()  # this process has not forked after touching CUDA
+    monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: True)
+    with pytest.raises(RuntimeError, match="forked from a process that had initialised CUDA"):
+        worker.require_cuda_forkable()

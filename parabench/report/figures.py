@@ -72,7 +72,7 @@ def sweep(path: Path, sweep: Sweep, quantity: str, source: str, steps: int) -> N
 
 
 def memory_per_rank(path: Path, title: str, records: Sequence[CaseRecord], source: str) -> None:
-    """Per case, one bar per rank: on CPU the state held within the high-water mark; on CUDA max allocated.
+    """Per case, one bar per rank: the state held within the high-water mark (state + an extra step's peak rise).
 
     A logarithmic axis where the largest case holds over 20× the median, so that small cases stay readable.
     """
@@ -80,7 +80,6 @@ def memory_per_rank(path: Path, title: str, records: Sequence[CaseRecord], sourc
     ranks = max(r.world_size for r in records)
     height = 0.8 / ranks
     fig, ax = plt.subplots(figsize=(10, 1.2 + 0.42 * len(records) * max(1, ranks / 2)))
-    cuda = any(r.on_cuda for r in records)
     every = [value for r in records for value in r.high_water_bytes if value]
     logarithmic = bool(every) and max(every) > 20 * statistics.median(every)
     for rank in range(ranks):
@@ -88,11 +87,10 @@ def memory_per_rank(path: Path, title: str, records: Sequence[CaseRecord], sourc
         ys = [i + (rank - (ranks - 1) / 2) * height for i, _ in shown]
         high = [r.high_water_bytes[rank] / MB for _, r in shown]
         color = f"C{rank}"
-        ax.barh(ys, high, height=height, color=color, alpha=1.0 if cuda else 0.4,
-                label=f"rank {rank}: " + ("max allocated" if cuda else "high-water (state + step's peak rise)"))
-        if not cuda:
-            ax.barh(ys, [r.state_bytes[rank] / MB for _, r in shown], height=height, color=color,
-                    label=f"rank {rank}: state held")
+        ax.barh(ys, high, height=height, color=color, alpha=0.4,
+                label=f"rank {rank}: high-water (state + step's peak rise)")
+        ax.barh(ys, [r.state_bytes[rank] / MB for _, r in shown], height=height, color=color,
+                label=f"rank {rank}: state held")
         for y, value in zip(ys, high):
             ax.annotate(f"{value:.1f}", (value, y), xytext=(2, 0), textcoords="offset points", va="center",
                         fontsize=6)
@@ -101,7 +99,7 @@ def memory_per_rank(path: Path, title: str, records: Sequence[CaseRecord], sourc
     ax.invert_yaxis()
     if logarithmic:
         ax.set_xscale("log")
-        held = [value for r in records for value in r.state_bytes if value and not cuda]
+        held = [value for r in records for value in r.state_bytes if value]
         ax.set_xlim(left=min(every + held) / MB / 2)
     ax.set_xlabel("memory per rank (MB" + (", logarithmic axis)" if logarithmic else ")"))
     ax.grid(True, axis="x", alpha=0.3)

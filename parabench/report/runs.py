@@ -128,7 +128,7 @@ class CaseRecord:
     @property
     def high_water_bytes(self) -> list[int]:
         """Per rank (see ``parabench.result.high_water_bytes``)."""
-        return [high_water_bytes(state, peak, self.on_cuda)
+        return [high_water_bytes(state, peak)
                 for state, peak in zip(self.state_bytes, self.info["peak_allocated_bytes"])]
 
     @property

@@ -188,7 +188,8 @@ def strategy_comparison(title: str, records: Sequence[CaseRecord], run: ReportRu
 
 def _memory_note(records: Sequence[CaseRecord]) -> str:
     if any(r.on_cuda for r in records):
-        return "high-water: torch.cuda.max_memory_allocated per rank over the measured steps"
+        return ("high-water: state held (parameters, gradients, optimizer state, master weights) plus an extra "
+                "step's peak rise above it, per rank (CUDA: the allocator's counts)")
     return ("high-water: state held (parameters, gradients, optimizer state, master weights) plus the profiled "
             "step's peak rise above it, per rank (CPU: profiler memory events)")
 

@@ -1,8 +1,8 @@
 """ColossalAI's booster plugins: TorchDDP, TorchFSDP, LowLevelZero 1/2, Gemini and HybridParallel.
 
 Every strategy builds its plugin, hands model and optimizer to ``Booster.boost`` and trains through the
-booster's ``backward`` (and ``execute_pipeline`` when the hybrid plugin pipelines). On a machine without
-CUDA the rank first applies ``parabench.colossalai_cpu``'s patches (recorded in the result).
+booster's ``backward`` (and ``execute_pipeline`` when the hybrid plugin pipelines). A case on the CPU first
+applies ``parabench.colossalai_cpu``'s patches in its ranks (recorded in the result).
 
 Case options, as they read in ids:
 
@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from parabench.measure import optimizer_state_tensors
 from parabench.optimizers import OptimizerSpec
-from parabench.precision import dtype_of
+from parabench.precision import FP16_LOSS_SCALE, StaticGradScaler, dtype_of
 from parabench.requirements import Requirements
 from parabench.strategies.base import LossFn, Strategy, block_classes
 from parabench.strategies.options import check_integer, check_known
@@ -53,12 +53,19 @@ class ColossalAIBooster(Strategy):
 
         from parabench.colossalai_cpu import ensure_cpu_patches
 
-        ensure_cpu_patches()
+        ensure_cpu_patches(self.context.device)
         self.workload = workload
         model = model.to(self.context.device)
         self.plugin_instance = self.plugin(model, workload)
         self.booster = Booster(plugin=self.plugin_instance, mixed_precision=self.booster_precision.get(self.precision))
         self.model, self.optimizer, *_ = self.booster.boost(model, optimizer.build(model.parameters()))
+
+    def loss_scale_options(self) -> dict[str, float]:
+        """The plugin's loss scaler held at ``FP16_LOSS_SCALE`` in fp16 (its reference's scale): its minimum and
+        maximum pin the scale wherever it would grow or back off; nothing in bf16 and fp32."""
+        if self.precision != "fp16":
+            return {}
+        return {"initial_scale": FP16_LOSS_SCALE, "min_scale": FP16_LOSS_SCALE, "max_scale": FP16_LOSS_SCALE}
 
     def no_sync(self) -> contextlib.AbstractContextManager:
         if self.plugin_instance.support_no_sync():
@@ -112,6 +119,21 @@ class ColossalAITorchDDP(ColossalAIBooster):
 
         return TorchDDPPlugin()
 
+    def setup(self, model: torch.nn.Module, optimizer: OptimizerSpec, workload: Workload) -> None:
+        super().setup(model, optimizer, workload)
+        if self.precision == "fp16":
+            hold_loss_scale(self.optimizer)
+
+
+def hold_loss_scale(optimizer) -> None:
+    """The booster's torch AMP optimizer (``TorchAMPOptimizer``) scaled at ``FP16_LOSS_SCALE``, held static.
+
+    ColossalAI 0.5.0's FP16TorchMixedPrecision hands its arguments to torch's GradScaler, whose backoff factor
+    must be below 1, so it cannot keep a scale static; its scaler is replaced. Remove when ColossalAI's torch
+    AMP takes a static scale.
+    """
+    optimizer.scaler = StaticGradScaler()
+
 
 class ColossalAITorchFSDP(ColossalAIBooster):
     """``TorchFSDPPlugin``: torch FSDP1, one flat parameter per workload block; bf16/fp16 as FSDP mixed precision.
@@ -152,7 +174,7 @@ class ColossalAILowLevelZero(ColossalAIBooster):
         # Overlapping communication needs CUDA streams; on CPU it would be ordered anyway.
         overlap = self.context.device.type == "cuda"
         return LowLevelZeroPlugin(stage=self.stage, precision=self.precision, overlap_communication=overlap,
-                                  cpu_offload=bool(self.options.get("offload")))
+                                  cpu_offload=bool(self.options.get("offload")), **self.loss_scale_options())
 
 
 class ColossalAILowLevelZero1(ColossalAILowLevelZero):
@@ -231,7 +253,8 @@ class ColossalAIGemini(ColossalAIBooster):
         # memory needs an accelerator's allocator; on CPU the reduction is in program order anyway).
         return GeminiPlugin(placement_policy=self.options.get("placement", "static"), precision=self.precision,
                             enable_async_reduce=self.context.device.type == "cuda",
-                            **gemini_chunk_search(sum(p.numel() for p in model.parameters())), **fractions)
+                            **gemini_chunk_search(sum(p.numel() for p in model.parameters())), **fractions,
+                            **self.loss_scale_options())
 
     def state_tensors(self) -> dict[str, Iterable[object]]:
         """Gemini's storage, each once: params are the half-precision chunks this rank holds (its shard of each
@@ -316,7 +339,8 @@ class ColossalAIHybrid(ColossalAIBooster):
             kwargs["num_microbatches"] = self.chunks
         return HybridParallelPlugin(tp_size=tp, pp_size=pp, zero_stage=zero, precision=self.precision,
                                     overlap_communication=self.context.device.type == "cuda",
-                                    overlap_p2p=self.context.device.type == "cuda", **kwargs)
+                                    overlap_p2p=self.context.device.type == "cuda", **kwargs,
+                                    **self.loss_scale_options())
 
     def train_step(self, micro_batches: list[Batch], loss_fn: LossFn) -> torch.Tensor:
         if self.sizes[1] == 1:

@@ -23,7 +23,7 @@ import torch
 
 from parabench.measure import optimizer_state_tensors
 from parabench.optimizers import OptimizerSpec
-from parabench.precision import dtype_of
+from parabench.precision import FP16_LOSS_SCALE, dtype_of
 from parabench.requirements import Requirements
 from parabench.strategies.base import LossFn, RankContext, Strategy
 from parabench.strategies.options import Chunked, check_integer, check_known
@@ -54,10 +54,11 @@ def ensure_deepspeed_comm(context: RankContext) -> None:
     import deepspeed
     import deepspeed.comm as ds_comm
 
-    # DeepSpeed reads the launcher's variables; the pool's ranks are not started by a launcher.
+    # DeepSpeed reads the launcher's variables: this rank's own, set over any a launcher around a spawned session
+    # left (in a launched session they are the same values).
     for name, value in (("RANK", context.rank), ("WORLD_SIZE", context.world_size),
                         ("LOCAL_RANK", context.local_rank)):
-        os.environ.setdefault(name, str(value))
+        os.environ[name] = str(value)
     if not ds_comm.is_initialized():
         if context.device.type == "cpu":
             avoid_shared_memory_allreduce()
@@ -142,7 +143,7 @@ class DeepSpeedZero(Strategy):
         if self.precision == "bf16":
             config["bf16"] = {"enabled": True}
         elif self.precision == "fp16":
-            config["fp16"] = {"enabled": True, "initial_scale_power": 16}
+            config["fp16"] = {"enabled": True, "loss_scale": FP16_LOSS_SCALE}  # static: its reference's too
         return config
 
     def train_step(self, micro_batches: list[Batch], loss_fn: LossFn) -> torch.Tensor:

@@ -71,7 +71,7 @@ class FairscaleSDP(FairscaleOSS):
 class FairscaleFSDP(Strategy):
     """fairscale's ``FullyShardedDataParallel``: each workload block, then the root, flattened and sharded.
 
-    It needs CUDA streams; without CUDA it runs through the patches in ``parabench.fairscale_cpu``.
+    It needs CUDA streams; a CPU case runs through the patches in ``parabench.fairscale_cpu``.
     """
 
     name = "fairscale-fsdp"
@@ -82,14 +82,14 @@ class FairscaleFSDP(Strategy):
     def requirements(cls, precision: str, options: Mapping[str, object] = ()) -> Requirements:
         from parabench.fairscale_cpu import shim_unavailable
 
-        return super().requirements(precision, options) + Requirements(probes=(shim_unavailable,))
+        return super().requirements(precision, options) + Requirements(cpu_probes=(shim_unavailable,))
 
     def setup(self, model: torch.nn.Module, optimizer: OptimizerSpec, workload: Workload) -> None:
         from fairscale.nn import FullyShardedDataParallel, auto_wrap, enable_wrap
 
         from parabench.fairscale_cpu import ensure_cpu_shim
 
-        ensure_cpu_shim()
+        ensure_cpu_shim(self.context.device)
         blocks = tuple(block_classes(model, workload.block_types))
         device = self.context.device
 
