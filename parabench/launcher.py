@@ -327,6 +327,17 @@ def guarded(timeout_s: float, memory_limit_bytes: int | None) -> Iterator[None]:
 MEMORY_SIGNAL = signal.SIGUSR2
 
 
+def pin_launched_rank(launch: Launch, threads: int) -> bool:
+    """Pin this launched rank to its cores among the node's (``worker.pinned_cpus``); whether it was. Asked again
+    afterwards, ``pinned_cpus`` would see only the cores left to it and answer that the ranks cannot be pinned."""
+    from parabench.worker import pinned_cpus
+
+    cores = pinned_cpus(launch.local_rank, launch.local_world_size, threads)
+    if cores:
+        os.sched_setaffinity(0, cores)
+    return bool(cores)
+
+
 class LaunchedPools:
     """``PoolManager``'s interface for a launched session: tasks run in this process, on the launch's group.
 
@@ -342,7 +353,7 @@ class LaunchedPools:
         import torch.distributed as dist
 
         from parabench.strategies.base import RankContext
-        from parabench.worker import pinned_cpus, quiet_libraries
+        from parabench.worker import quiet_libraries
 
         self.launch, self.device_type, self.backend = launch, device_type, backend
         self.memory_limit_bytes = memory_limit_bytes
@@ -352,9 +363,7 @@ class LaunchedPools:
                                    process_group_timeout_s=process_group_timeout_s)
         quiet_libraries()
         torch.set_num_threads(threads)
-        cores = pinned_cpus(launch.local_rank, launch.local_world_size, threads) if pin else None
-        if cores and device_type == "cpu":
-            os.sched_setaffinity(0, cores)
+        self._pinned = pin_launched_rank(launch, threads) if pin and device_type == "cpu" else False
         if device_type == "cuda":
             torch.cuda.set_device(launch.local_rank)
             device = torch.device("cuda", launch.local_rank)
@@ -371,12 +380,9 @@ class LaunchedPools:
 
     def pinned(self, world_size: int) -> bool:
         """Whether a task on ``world_size`` ranks runs pinned: the launch's ranks, or rank 0's own pools."""
-        from parabench.worker import pinned_cpus
-
         if world_size == 1:
             return self.local().pinned(1)
-        return bool(self._local_options["pin"]) and self.device_type == "cpu" and bool(
-            pinned_cpus(self.launch.local_rank, self.launch.local_world_size, self._local_options["threads"]))
+        return self._pinned
 
     def _join(self) -> None:
         import torch.distributed as dist
