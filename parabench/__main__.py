@@ -54,16 +54,22 @@ def parser() -> argparse.ArgumentParser:
 
 
 def host(args: argparse.Namespace) -> int:
-    """``python -m parabench host``: 0 when this host kind has stored runs measured as now, else 3."""
+    """``python -m parabench host``: 0 when this host kind has stored runs measured as now, 3 when the store has
+    runs but none of this kind measured as now, 2 when it holds no run at all."""
     from parabench.baselines import discover
     from parabench.gate import measured_by
     from parabench.keys import machine_kind, this_machine_kind
     from parabench.measure import MEASURES
 
-    # The kind as the gate keys it: device and hardware name, forced kernels or not (an AVX2 host is judged against
-    # the AVX2 runs recorded with AVX2 kernels forced on an AVX-512 host).
+    # The kind as the gate keys it: device, CPU model and the kernels torch runs (AVX2 forced on an AVX-512 host
+    # is the AVX2 kind of that model).
     kind = this_machine_kind(args.device)
-    runs = [run for run in discover(args.storage)
+    stored = discover(args.storage)
+    if not stored:
+        # An empty or missing store is not a new host kind: nothing anywhere would be judged
+        print(f"no stored run under {args.storage}: point --storage at the baselines (or record some there first)")
+        return 2
+    runs = [run for run in stored
             if any(machine_kind(b["extra_info"]) == kind
                    and all(measured_by(b["extra_info"], metric) == version for metric, version in MEASURES.items())
                    for b in run.benchmarks)]

@@ -20,6 +20,7 @@ from parabench.verdict import (Judgement, Verdict, judge_bytes_range, judge_comm
                                judge_time)
 
 REPORT_FORMAT = 2
+TIME_REPORTED = "reported, not judged"  # a step-time row under --bench-gate-time=report
 
 # Why something that should have been judged was not. Each makes the gate fail ("fail closed") unless the run
 # excuses it by name (``--bench-gate-allow=REASON``); the fix is said in each row.
@@ -126,10 +127,15 @@ class GateReport:
         if self.nothing_gated:
             lines.append(f"UNJUDGED: nothing was gated ({UNJUDGED_REASONS['nothing-gated']}) "
                          f"[--bench-gate-allow=nothing-gated excuses it]")
-        used = self.excused()
+        used = [f"--bench-gate-allow={reason} ({count} excused)" for reason, count in sorted(self.excused().items())]
+        reported = [r for r in self.rows if r.verdict is Verdict.INFO and r.metric.startswith("step time")
+                    and r.detail.startswith(TIME_REPORTED)]
+        if reported:
+            failing = sum(1 for r in reported if not r.detail.startswith(f"{TIME_REPORTED}: by the policy unchanged"))
+            used.append(f"--bench-gate-time=report ({len(reported)} step-time rows not judged, {failing} of them "
+                        f"regressed or unjudged by the policy)")
         if used:
-            lines.append("opt-outs used: " + ", ".join(f"--bench-gate-allow={reason} ({count} excused)"
-                                                       for reason, count in sorted(used.items())))
+            lines.append("opt-outs used: " + ", ".join(used))
         return lines
 
     def ungated(self) -> str | None:
@@ -253,7 +259,7 @@ def compare(now: Sequence[Mapping[str, Any]], stored: Iterable[StoredRun], polic
                               costs_from=[(run.path, old["extra_info"]) for run, old in equal])
             if not judge_time and rows[0].verdict is not Verdict.INFO and rows[0].metric.startswith("step time"):
                 rows[0] = replace(rows[0], verdict=Verdict.INFO, reason="",
-                                  detail=f"reported, not judged: by the policy {rows[0].verdict.value}; {rows[0].detail}")
+                                  detail=f"{TIME_REPORTED}: by the policy {rows[0].verdict.value}; {rows[0].detail}")
             changed = version_changes(_versions(pooled[0], policy), mine)
             if changed:
                 across[changed] += 1
@@ -300,9 +306,13 @@ def _versions(info: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
 
 
 def version_changes(stored: Mapping[str, str], now: Mapping[str, str]) -> str:
-    """``deepspeed 0.19.8 → 0.19.7, torch 2.13.0 → 2.14.1`` (stored → now), or "" when they agree."""
+    """``deepspeed 0.19.8 → 0.19.7, torch 2.13.0 → 2.14.1`` (stored → now), or "" when they agree.
+
+    A package the stored run did not record is not a change: runs stored before results named packages by their
+    distribution (scikit-learn, pillow) recorded none for them, and would otherwise read as another version and
+    have their loss curves reported, not judged."""
     return ", ".join(f"{name} {stored.get(name, 'absent')} → {now.get(name, 'absent')}"
-                     for name in sorted(set(stored) | set(now)) if stored.get(name) != now.get(name))
+                     for name in sorted(set(stored) | set(now)) if name in stored and stored.get(name) != now.get(name))
 
 
 def _across_versions(row: Row, changed: str) -> Row:

@@ -43,10 +43,11 @@ class Held:
 
 def ddp_buckets(model: torch.nn.Module | None) -> list[Held]:
     """The reducer buckets of every ``DistributedDataParallel`` in ``model``: each bucket's flat gradient buffer
-    (allocated when DDP is built, kept for its life), by the sizes DDP logs (``bucket_sizes``). DDP logs the
-    buckets it was built with; the first backward regroups the same gradients into new buckets of the same total,
-    which is what is counted. None where the gradients are views of the buckets (``gradient_as_bucket_view``):
-    the gradients count them."""
+    (allocated when DDP is built, kept for its life), by the sizes DDP logs: the buckets it rebuilt after its first
+    backward (``rebuilt_bucket_sizes``), or those it was built with (``bucket_sizes``). Not found in any tensor
+    Python can reach, this is DDP's own account, and the formula's ``buffers`` term is the gradients' bytes: the
+    two agree where DDP allocates what it logs. None where the gradients are views of the buckets
+    (``gradient_as_bucket_view``): the gradients count them."""
     from torch.nn.parallel import DistributedDataParallel
 
     held = []
@@ -55,8 +56,11 @@ def ddp_buckets(model: torch.nn.Module | None) -> list[Held]:
             logged = module._get_ddp_logging_data()
             if logged.get("gradient_as_bucket_view"):
                 continue
-            held += [Held(int(size), "DDP reducer bucket") for size in str(logged.get("bucket_sizes", "")).split(",")
-                     if size.strip()]
+            # After its first backward DDP regroups the gradients in the order they became ready and logs the new
+            # buckets (rebuilt_bucket_sizes); until then (and with one rank, where it does not) the ones it built
+            sizes = logged.get("rebuilt_bucket_sizes") if logged.get("has_rebuilt_buckets") else None
+            held += [Held(int(size), "DDP reducer bucket") for size in str(sizes or logged.get("bucket_sizes", ""))
+                     .split(",") if size.strip()]
     return held
 
 
@@ -150,23 +154,36 @@ COLLECTIVES = ("all_reduce", "all_reduce_coalesced", "all_gather", "all_gather_i
                "all_gather_coalesced", "_all_gather_base", "reduce_scatter", "reduce_scatter_tensor",
                "reduce_scatter_single", "_reduce_scatter_base", "broadcast", "reduce", "all_to_all",
                "all_to_all_single", "gather", "scatter", "barrier")
-RELEASE_TIMEOUT_S = 0.5  # a worker thread drops its reference microseconds after the collective completes
+RELEASE_TIMEOUT_S = 10.0  # a worker drops its references microseconds after the collective completes
+
+
+class CollectiveHeld(RuntimeError):
+    """A collective's worker held its tensors past ``RELEASE_TIMEOUT_S``: the peak cannot be replayed."""
 
 
 @contextlib.contextmanager
 def synchronous_collectives():
-    """Within: each collective of ``torch.distributed`` (``COLLECTIVES``) runs to completion before it returns, and
-    returns only once the process group's worker thread has dropped its references to the collective's tensors;
-    a caller that asked for ``async_op`` gets a completed ``Work``.
+    """Within: each collective of ``torch.distributed`` (``COLLECTIVES``, by either module's name, and DeepSpeed's
+    saved references to them) runs to completion before it returns, and returns only once the process group's
+    worker thread has dropped its references to the collective's tensors; a caller that asked for ``async_op``
+    gets a completed ``Work``. A worker that holds them past ``RELEASE_TIMEOUT_S`` raises ``CollectiveHeld``.
 
     Where a collective runs asynchronously, its buffers are freed by whichever thread drops the last reference:
     the caller's, or (after the caller is done with them) the gloo worker's, whose frees the profiler does not
     record. Made synchronous, the worker is done first, and every free is the caller's. Allocations stay where
-    the framework makes them: a prefetched all-gather's output is still allocated when it is issued."""
+    the framework makes them: a prefetched all-gather's output is still allocated when it is issued; what the
+    worker's timing decided (which thread frees, and when) no longer moves the peak."""
+    import sys
+
     import torch.distributed as dist
     from torch._C._distributed_c10d import _create_work_from_future
+    from torch.distributed import distributed_c10d
 
-    originals = {name: getattr(dist, name) for name in COLLECTIVES if hasattr(dist, name)}
+    targets = [(module, name) for module in (dist, distributed_c10d) for name in COLLECTIVES if hasattr(module, name)]
+    comm = sys.modules.get("deepspeed.comm.comm")
+    backend = getattr(comm, "cdb", None)  # DeepSpeed keeps the functions it found at its start
+    targets += [(backend, name) for name in ("all_gather_function", "reduce_scatter_function")
+                if getattr(backend, name, None) is not None]
 
     def synchronous(function):
         signature = inspect.signature(function)
@@ -180,7 +197,7 @@ def synchronous_collectives():
             tensors = _tensors(bound.arguments.values())
             before = _references(tensors)
             out = function(*bound.args, **bound.kwargs)
-            _until_released(tensors, before)
+            _until_released(tensors, before, getattr(function, "__name__", "a collective"))
             if not asked:
                 return out
             future = torch.futures.Future()
@@ -189,13 +206,17 @@ def synchronous_collectives():
 
         return run
 
-    for name, function in originals.items():
-        setattr(dist, name, synchronous(function))
+    originals = [(owner, name, getattr(owner, name)) for owner, name in targets]
+    wrappers: dict[int, Callable] = {}  # one wrapper per function, whichever name it is reached by
     try:
+        for owner, name, function in originals:
+            if id(function) not in wrappers:
+                wrappers[id(function)] = synchronous(function)
+            setattr(owner, name, wrappers[id(function)])
         yield
     finally:
-        for name, function in originals.items():
-            setattr(dist, name, function)
+        for owner, name, function in originals:
+            setattr(owner, name, function)
 
 
 def _tensors(values) -> list[torch.Tensor]:
@@ -213,12 +234,14 @@ def _references(tensors: list[torch.Tensor]) -> list[tuple[int, int]]:
     return [(t._use_count(), torch._C._storage_Use_Count(t.untyped_storage()._cdata)) for t in tensors]
 
 
-def _until_released(tensors: list[torch.Tensor], before: list[tuple[int, int]]) -> None:
+def _until_released(tensors: list[torch.Tensor], before: list[tuple[int, int]], what: str) -> None:
     """Wait until no tensor has more references than before the collective (the worker released its own)."""
     deadline = time.perf_counter() + RELEASE_TIMEOUT_S
     while any(now[0] > then[0] or now[1] > then[1] for now, then in zip(_references(tensors), before)):
         if time.perf_counter() > deadline:
-            return  # held elsewhere (a framework's cache): nothing of the worker's is left to wait for
+            raise CollectiveHeld(f"{what}: its tensors were still referenced {RELEASE_TIMEOUT_S:g} s after it "
+                                 "completed, so when they are freed, and by which thread, is not known: the step's "
+                                 "peak cannot be replayed")
         time.sleep(1e-5)
 
 

@@ -61,10 +61,11 @@ def test_a_bf16_case_the_profile_trims_on_a_slow_measurement_fails_the_gate_when
     bf16 = "single-sgd-gpt2_text-w1-bf16"
     storage = stored_here(tmp_path, case=bf16)
     (tmp_path / "slow_bf16.py").write_text(SLOW_BF16)
+    # nothing-gated excused: the skip alone must make it red
     red = pytest_run("bench/test_torch_strategies.py", "-k", f"test_train and {bf16}", "-p", "slow_bf16",
                      "--bench-profile=ci", "--bench-gate", "--bench-gate-time=report",
-                     f"--benchmark-storage=file://{storage}", f"--bench-report={tmp_path / 'report'}",
-                     env={"PYTHONPATH": str(tmp_path)}, timeout=300)
+                     "--bench-gate-allow=nothing-gated", f"--benchmark-storage=file://{storage}",
+                     f"--bench-report={tmp_path / 'report'}", env={"PYTHONPATH": str(tmp_path)}, timeout=300)
     assert red.returncode == 1, outcome(red)
     rows = json.loads((tmp_path / "report" / "gate.json").read_text())["rows"]
     assert [(r["verdict"], r["reason"]) for r in rows] == [("unjudged", "skipped")], rows
@@ -74,7 +75,24 @@ def test_a_bf16_case_the_profile_trims_on_a_slow_measurement_fails_the_gate_when
 def test_host_says_whether_this_kind_has_runs_measured_as_now(tmp_path, capsys):
     from parabench.__main__ import main
 
-    assert main(["host", "--storage", str(tmp_path / "none"), "--device", "cpu"]) == 3
+    assert main(["host", "--storage", str(tmp_path / "none"), "--device", "cpu"]) == 2  # no store at all
+    other = stored_here(tmp_path / "other")
+    for path in other.rglob("*.json"):  # a store of another host kind only
+        path.write_text(path.read_text().replace('"cpu', '"other-cpu'))
+    assert main(["host", "--storage", str(other), "--device", "cpu"]) == 3
     assert main(["host", "--storage", str(stored_here(tmp_path / "old", measures={})), "--device", "cpu"]) == 3
     assert main(["host", "--storage", str(stored_here(tmp_path / "now")), "--device", "cpu"]) == 0
     assert "stored runs of this kind measured as now: 1" in capsys.readouterr().out
+
+
+def test_the_committed_baselines_hold_runs_measured_as_this_version_measures():
+    """A change to a measurement bumps its version (parabench.measure.MEASURES) and must re-record: else CI's
+    ``python -m parabench host`` finds no run measured as now and excuses the memory checks of the very change
+    that altered them."""
+    from parabench.gate import measured_by
+
+    current = [str(run.path).rsplit("/", 1)[-1] for run in discover(REPO / "baselines")
+               if any(all(measured_by(b["extra_info"], metric) == version for metric, version in MEASURES.items())
+                      for b in run.benchmarks)]
+    assert len(current) >= 3, (f"no host kind has three stored runs measured as MEASURES {MEASURES} (found "
+                               f"{current}): record this host kind's baselines (tox -e record) and commit them")

@@ -95,6 +95,22 @@ def test_non_tensors_and_none_are_ignored():
     assert state_bytes({}) == {"params": 0, "grads": 0, "optimizer": 0, "master": 0, "buffers": 0, "total": 0}
 
 
+def test_ddp_buckets_rebuilt_after_the_first_backward_are_the_ones_counted(monkeypatch):
+    from torch.nn.parallel import DistributedDataParallel
+
+    from parabench.measure import ddp_buckets
+
+    # As two ranks log it (one rank never rebuilds): built as one bucket, rebuilt in gradient order as two
+    logged = {"bucket_sizes": "6026040", "rebuilt_bucket_sizes": "2022040, 4004000", "has_rebuilt_buckets": 1,
+              "gradient_as_bucket_view": 0}
+    ddp = DistributedDataParallel.__new__(DistributedDataParallel)
+    torch.nn.Module.__init__(ddp)
+    monkeypatch.setattr(DistributedDataParallel, "_get_ddp_logging_data", lambda self: logged)
+    assert [b.nbytes for b in ddp_buckets(ddp)] == [2_022_040, 4_004_000]
+    logged["has_rebuilt_buckets"] = 0
+    assert [b.nbytes for b in ddp_buckets(ddp)] == [6_026_040]
+
+
 def test_ddp_holds_its_reducer_buckets_beside_the_gradients(tmp_path):
     """DDP's reducer keeps a flat buffer per bucket, as large as the gradients (gradient_as_bucket_view off);
     with the gradients as views of the buckets, the gradients count them and the buckets add nothing."""
@@ -109,8 +125,7 @@ def test_ddp_holds_its_reducer_buckets_beside_the_gradients(tmp_path):
         wrapped = DistributedDataParallel(model)
         built = ddp_buckets(wrapped)
         assert sum(b.nbytes for b in built) == 4 * 62_210  # one bucket of every gradient, as it was built
-        for _ in range(2):  # the first backward rebuilds the buckets in gradient order: the same bytes
-            wrapped(torch.randn(4, 300)).sum().backward()
+        wrapped(torch.randn(4, 300)).sum().backward()
         buckets = ddp_buckets(torch.nn.ModuleDict({"outer": wrapped}))  # found inside a wrapper too
         assert sum(b.nbytes for b in buckets) == 4 * 62_210
         params = list(model.parameters())

@@ -99,6 +99,42 @@ def test_a_free_on_a_collectives_worker_thread_is_replayed_once_collectives_are_
     assert dist.all_reduce is held_by_a_worker  # restored
 
 
+def test_a_worker_that_holds_the_tensors_too_long_fails_the_measurement_and_nothing_stays_patched(monkeypatch):
+    import torch.distributed as dist
+
+    import parabench.measure as measure
+
+    monkeypatch.setattr(dist, "all_reduce", held_by_a_worker)
+    monkeypatch.setattr(measure, "RELEASE_TIMEOUT_S", HOLD_S / 4)
+    with pytest.raises(measure.CollectiveHeld, match="held_by_a_worker: its tensors were still referenced"):
+        with measure.synchronous_collectives():
+            dist.all_reduce(torch.ones(8))
+    assert dist.all_reduce is held_by_a_worker
+    time.sleep(2 * HOLD_S)
+
+
+def test_synchronous_collectives_reach_every_name_a_framework_calls_them_by(monkeypatch):
+    import sys
+    import types
+
+    import torch.distributed as dist
+    from torch.distributed import distributed_c10d
+
+    from parabench.measure import synchronous_collectives
+
+    # DeepSpeed's backend keeps the all-gather and reduce-scatter it found when it started, and calls others
+    # through torch.distributed.distributed_c10d
+    backend = types.SimpleNamespace(all_gather_function=dist.all_gather_into_tensor,
+                                    reduce_scatter_function=dist.reduce_scatter_tensor)
+    monkeypatch.setitem(sys.modules, "deepspeed.comm.comm", types.SimpleNamespace(cdb=backend))
+    kept = (backend.all_gather_function, distributed_c10d.all_gather_into_tensor, dist.all_reduce)
+    with synchronous_collectives():
+        assert backend.all_gather_function is dist.all_gather_into_tensor is distributed_c10d.all_gather_into_tensor
+        assert backend.all_gather_function is not kept[0] and distributed_c10d.all_reduce is not kept[2]
+        assert backend.reduce_scatter_function is dist.reduce_scatter_tensor
+    assert (backend.all_gather_function, distributed_c10d.all_gather_into_tensor, dist.all_reduce) == kept
+
+
 def test_synchronous_collectives_hand_an_asynchronous_caller_a_completed_work(tmp_path):
     import torch.distributed as dist
 
