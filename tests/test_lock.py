@@ -122,13 +122,16 @@ def lock_python(lock_text: str) -> str:
 
 
 def baseline_differences(root: Path, pinned: Mapping[str, str], python: str) -> list[str]:
-    """One line per package whose version recorded in the newest stored run of a machine folder differs from
-    ``pinned`` (python: major.minor against the lock's target)."""
-    newest: dict[Path, object] = {}
-    for run in discover(root):  # oldest first: the last one of a folder is its newest
-        newest[Path(run.path).parent] = run
+    """One line per package whose version recorded in the newest stored run of each host kind (device, CPU model
+    and kernels: ``keys.machine_kind``) differs from ``pinned`` (python: major.minor against the lock's target)."""
+    from parabench.keys import machine_kind
+
+    newest: dict[tuple, object] = {}
+    for run in discover(root):  # oldest first: the last one of a kind is its newest
+        for kind in {machine_kind(bench["extra_info"]) for bench in run.benchmarks}:
+            newest[kind] = run
     out = []
-    for folder, run in sorted(newest.items()):
+    for kind, run in sorted(newest.items(), key=lambda item: str(item[0])):
         recorded: dict[str, set[str]] = {}
         for bench in run.benchmarks:
             for name, version in bench["extra_info"].get("versions", {}).items():
