@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -31,6 +31,7 @@ class StoredRun:
     datetime: str
     benchmarks: tuple[dict[str, Any], ...]   # each has name, fullname, extra_info (parabench's keys)
     others: tuple[dict[str, Any], ...] = ()  # benchmarks without a case: optimizer steps, time to target
+    session: dict[str, Any] = field(default_factory=dict)  # the session's settings (its profile, bf16 choice)
 
 
 def load_run(path: str | Path) -> StoredRun:
@@ -63,7 +64,9 @@ def load_run(path: str | Path) -> StoredRun:
         if missing:
             raise BaselineError(f"{path}: benchmark {i} lacks {', '.join(missing)}; {fix}")
         benchmarks.append(bench)
-    return StoredRun(str(path), str(data.get("datetime", "")), tuple(benchmarks), tuple(others))
+    session = data.get("parabench") if isinstance(data.get("parabench"), dict) else {}
+    return StoredRun(str(path), str(data.get("datetime", "")), tuple(benchmarks), tuple(others),
+                     {key: value for key, value in session.items() if key in ("profile", "bf16", "hardware")})
 
 
 def discover(root: str | Path) -> list[StoredRun]:

@@ -289,8 +289,9 @@ def compare(now: Sequence[Mapping[str, Any]], stored: Iterable[StoredRun], polic
     for name in sorted(set(expected) - measured - set(skipped or {})):
         entries = on_this_machine(name)
         if entries:
-            report.rows.append(Row(name, "all", Verdict.MISSING, detail="selected and stored, but no result now "
-                                   "(failed, skipped or errored: see the test report)", source=entries[0][0].path,
+            report.rows.append(Row(name, "all", Verdict.MISSING, detail="stored, but no result now: failed, "
+                                   "skipped or errored (see the test report), or no longer collected by a run of the "
+                                   "whole suite (removed, renamed or left out of the profile: re-record if meant)", source=entries[0][0].path,
                                    reason="missing"))
     for changed, count in across.most_common():
         report.notes.append(f"compared across library versions ({changed}, stored → now): {count} case(s); the loss "

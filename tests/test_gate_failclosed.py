@@ -96,3 +96,41 @@ def test_the_committed_baselines_hold_runs_measured_as_this_version_measures():
                       for b in run.benchmarks)]
     assert len(current) >= 3, (f"no host kind has three stored runs measured as MEASURES {MEASURES} (found "
                                f"{current}): record this host kind's baselines (tox -e record) and commit them")
+
+
+def test_a_case_the_stored_run_of_this_profile_measured_and_the_whole_suite_no_longer_collects_is_missing(
+        tmp_path, monkeypatch):
+    import types
+
+    import fixtures.gate as gate_fixture
+    from parabench.gate import compare
+    from parabench.keys import this_machine_kind
+    from parabench.policy import load_policy
+
+    storage = stored_here(tmp_path)
+    path = next(storage.rglob("*.json"))
+    data = json.loads(path.read_text())
+    gone = json.loads(json.dumps(data["benchmarks"][0]))
+    gone["name"] = gone["fullname"] = "test_train[deepspeed-zero3-adamw-gone_text-w2-fp32]"
+    data["benchmarks"].append(gone)
+    data["parabench"] = {"profile": "ci"}
+    path.write_text(json.dumps(data))
+    stored = discover(storage)
+    monkeypatch.setattr(gate_fixture, "bench_options", lambda config: types.SimpleNamespace(profile="ci"))
+    monkeypatch.setattr(gate_fixture, "this_machine", lambda config: this_machine_kind("cpu"))
+
+    def config(*args, keyword=""):
+        return types.SimpleNamespace(option=types.SimpleNamespace(keyword=keyword, markexpr="", deselect=None),
+                                     args=list(args), rootpath=REPO, invocation_params=types.SimpleNamespace(dir=REPO))
+
+    collected = {f"test_train[{CASE}]"}
+    assert gate_fixture.no_longer_collected(config("bench/"), stored, collected) == [gone["name"]]
+    assert gate_fixture.no_longer_collected(config("bench"), stored, collected | {gone["name"]}) == []
+    assert gate_fixture.no_longer_collected(config("bench/", keyword="zero3"), stored, collected) == []  # a selection
+    assert gate_fixture.no_longer_collected(config("bench/test_deepspeed.py"), stored, collected) == []
+    monkeypatch.setattr(gate_fixture, "bench_options", lambda config: types.SimpleNamespace(profile="default"))
+    assert gate_fixture.no_longer_collected(config("bench/"), stored, collected) == []  # another profile's run
+    # and the gate then has it as missing, with its stored run named
+    report = compare([], stored, load_policy(REPO / "baselines" / "policy.toml"), expected=[gone["name"]],
+                     machine=this_machine_kind("cpu"))
+    assert [(r.name, r.reason) for r in report.unjudged] == [(gone["name"], "missing")] and report.failed
