@@ -11,7 +11,7 @@ how large it is, measured by running the case:
 * ``Stall``: the loss does not fall as ``checks.assert_loss_decreases`` asks; a run that falls less than the
   recorded fall by more than ``DRIFT_MARGIN`` of it fails.
 * ``Crash``: an upstream exception raised in a rank; the entry holds its type and a regular expression
-  its message matches. A time-out, a killed rank, a memory limit or any other exception fails the test.
+  searched in the failing rank's message and traceback (so a pattern should name the upstream frame or text). A time-out, a killed rank, a memory limit or any other exception fails the test.
 
 The pytest side (the xfail marker, and the check of each failure against its entry) is ``fixtures/known.py``.
 """
