@@ -1,6 +1,6 @@
 """Per-rank peaks of repeated runs, read from pytest-benchmark stores, as a CSV and a table of their spread.
 
-    python3 docs/evidence/peak_spread.py --csv OUT.csv REPLAY=STORE_ROOT [REPLAY=STORE_ROOT ...]
+    python3 docs/evidence/peak_spread.py --csv OUT.csv [--cases PATTERN]...  REPLAY=STORE_ROOT [REPLAY=STORE_ROOT ...]
 
 Each STORE_ROOT holds one folder per run named ``<kernels>-<run>`` (``avx512-1``, ``avx2-1``), each the
 ``--benchmark-storage`` of one session; REPLAY names the code that measured them. The spread of a case and rank
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fnmatch
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -18,13 +19,15 @@ from pathlib import Path
 from tabulate import tabulate
 
 
-def read(replay: str, root: Path) -> list[tuple[str, str, int, int, str, int]]:
+def read(replay: str, root: Path, patterns: list[str]) -> list[tuple[str, str, int, int, str, int]]:
     rows = []
     for run_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         kernels, run = run_dir.name.rsplit("-", 1)
         for path in run_dir.rglob("*.json"):
             for bench in json.loads(path.read_text())["benchmarks"]:
                 case = bench["name"].split("[", 1)[1].rstrip("]")
+                if patterns and not any(fnmatch.fnmatchcase(case, p) for p in patterns):
+                    continue
                 for rank, peak in enumerate(bench["extra_info"].get("peak_allocated_bytes") or []):
                     rows.append((replay, case, rank, int(run), kernels, peak))
     return rows
@@ -33,9 +36,11 @@ def read(replay: str, root: Path) -> list[tuple[str, str, int, int, str, int]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv", required=True, type=Path)
+    parser.add_argument("--cases", action="append", default=[], metavar="PATTERN",
+                        help="an fnmatch pattern over case ids (repeat it); default every case")
     parser.add_argument("stores", nargs="+", metavar="REPLAY=STORE_ROOT")
     args = parser.parse_args()
-    rows = sorted(row for spec in args.stores for row in read(*_pair(spec)))
+    rows = sorted(row for spec in args.stores for row in read(*_pair(spec), args.cases))
     with args.csv.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["replay", "case", "rank", "run", "kernels", "peak_allocated_bytes"])

@@ -14,7 +14,7 @@ import sys
 
 from parabench.formulas import predicted_for
 
-CATEGORIES = ("params", "grads", "optimizer", "master", "total")
+CATEGORIES = ("params", "grads", "optimizer", "master", "buffers", "total")
 
 
 def rows(paths: list[str]):
