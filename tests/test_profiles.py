@@ -75,7 +75,8 @@ def test_every_pattern_of_every_profile_matches_a_collected_case():
 
 
 def test_an_unknown_profile_names_the_known_ones():
-    with pytest.raises(ProfileError, match="--bench-profile=fast: no such profile in .*; known: full, default, ci, gpu"):
+    with pytest.raises(ProfileError,
+                       match="--bench-profile=fast: no such profile in .*; known: full, default, ci, gpu"):
         PROFILES.get("fast")
 
 
