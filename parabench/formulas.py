@@ -80,6 +80,8 @@ FAMILIES: dict[str, Family] = {
     "colossalai-gemini": Family(True, True, True, "always", "Gemini: chunks sharded (ZeRO-3), gradients "
                                                             "reuse the parameter chunks"),
     "torch-fsdp": _FSDP, "torch-fsdp1": _FSDP, "fairscale-fsdp": _FSDP,
+    "torch-fsdp-mp": Family(True, True, True, "never", "FSDP2 with MixedPrecisionPolicy: fp32 shards, 16-bit "
+                                                       "compute copies", weights_16bit=False),
     "colossalai-torch-fsdp": Family(True, True, True, "never", "FSDP with MixedPrecision: fp32 shards, 16-bit "
                                                               "compute copies", weights_16bit=False),
 }
@@ -351,7 +353,7 @@ def _zero3(layout, s: Setting) -> Terms:
 # Strategy → its layout's rule (strategies not here hold the paper's Ψ/N: DDP, ZeRO-1/2 and LowLevelZero, whose
 # flat partitions' alignment padding is a few elements)
 LAYOUT_RULES = {"torch-zero": _zero_redundancy, "fairscale-oss": _oss, "fairscale-sdp": _sharded_ddp,
-                "torch-fsdp": _dim0, "torch-fsdp1": _flat_units, "fairscale-fsdp": _fairscale_fsdp,
+                "torch-fsdp": _dim0, "torch-fsdp-mp": _dim0, "torch-fsdp1": _flat_units, "fairscale-fsdp": _fairscale_fsdp,
                 "colossalai-gemini": _gemini, "deepspeed-zero3": _zero3}
 
 

@@ -15,7 +15,7 @@ PROFILES = load_profiles(REPO / "bench" / "profiles.toml")
 
 
 def test_the_committed_profiles_load_and_nest():
-    assert list(PROFILES.profiles) == ["full", "default", "ci"]
+    assert list(PROFILES.profiles) == ["full", "default", "ci", "gpu"]
     full, default, ci = (PROFILES.get(name) for name in ("full", "default", "ci"))
     assert not full.exclude and not full.exclude_marks and full.bf16_on_slow_hosts is None
     # default leaves out what full adds; ci leaves out at least what default does.
@@ -66,7 +66,8 @@ def test_every_pattern_of_every_profile_matches_a_collected_case():
     assert len(nodeids) > 100, f"collected only {len(nodeids)} node ids:\n{collected.stdout[-3000:]}"
     dead = [f"profile {profile.name}: {key} pattern {pattern!r}"
             for profile in PROFILES.profiles.values()
-            for key, patterns in (("exclude", profile.exclude), ("bf16_on_slow_hosts", profile.bf16_on_slow_hosts))
+            for key, patterns in (("exclude", profile.exclude), ("select", profile.select),
+                                  ("bf16_on_slow_hosts", profile.bf16_on_slow_hosts))
             for pattern in patterns or ()
             if not any(matches(nodeid, pattern) for nodeid in nodeids)]
     assert not dead, ("patterns in bench/profiles.toml that match no case collected under --bench-profile=full "
@@ -74,7 +75,8 @@ def test_every_pattern_of_every_profile_matches_a_collected_case():
 
 
 def test_an_unknown_profile_names_the_known_ones():
-    with pytest.raises(ProfileError, match="--bench-profile=fast: no such profile in .*; known: full, default, ci"):
+    with pytest.raises(ProfileError,
+                       match="--bench-profile=fast: no such profile in .*; known: full, default, ci, gpu"):
         PROFILES.get("fast")
 
 
@@ -87,6 +89,7 @@ def test_an_unknown_profile_names_the_known_ones():
     ("format = 1\n", r"no \[profile.NAME\] table"),
     ("format = 1\n[slow_bf16]\nratio = 'four'\n[profile.a]\n", r"\[slow_bf16\] ratio = 'four'; it takes a number above 1"),
     ("format = 1\n[profile.a]\ndescription = 3\n", r"profile.a.description = 3; it takes a string"),
+    ("format = 1\n[profile.a]\nselect = ['']\n", r"profile.a.select = \[''\]; it takes a list of non-empty strings"),
     ("format = [\n", r"not valid TOML"),
 ])
 def test_a_malformed_profiles_file_names_the_table_the_key_and_what_it_takes(tmp_path, text, message):
@@ -105,6 +108,30 @@ def test_a_profile_inherits_what_it_extends(tmp_path):
     assert small.keeps_on_slow_bf16("x[single-adamw-gpt2_text-w1-bf16]")
     assert not small.keeps_on_slow_bf16("x[single-sgd-gpt2_text-w1-bf16]")
     assert load_profiles(path).get("big").keeps_on_slow_bf16("x[single-sgd-gpt2_text-w1-bf16]")
+
+
+def test_a_selecting_profile_keeps_only_what_its_patterns_match(tmp_path):
+    path = tmp_path / "profiles.toml"
+    path.write_text("format = 1\n[profile.all]\n[profile.one]\nselect = ['b.py::*', 'a.py::t[*-w1-*']\n"
+                    "exclude = ['*-fp16]']\n[profile.child]\nextends = 'one'\n")
+    profiles = load_profiles(path)
+    one = profiles.get("one")
+    assert not one.excludes("a.py::t[ddp-adamw-gpt2_text-w1-bf16]", set())
+    assert one.excludes("a.py::t[ddp-adamw-gpt2_text-w2-bf16]", set())  # not selected
+    assert one.excludes("a.py::t[ddp-adamw-gpt2_text-w1-fp16]", set())  # selected, then excluded
+    assert not one.excludes("b.py::u", set()) and one.excludes("c.py::u", set())
+    assert profiles.get("child").select == one.select and profiles.get("all").select == ()
+    assert not profiles.get("all").excludes("c.py::u", set())
+
+
+def test_the_gpu_profile_is_a_selection_the_others_leave_out():
+    gpu, default, full = PROFILES.get("gpu"), PROFILES.get("default"), PROFILES.get("full")
+    one_device = "bench/test_one_device.py::test_train[deepspeed-zero3-adamw-gpt2_text-w1-fp16]"
+    assert not gpu.excludes(one_device, {"deepspeed"}) and default.excludes(one_device, {"deepspeed"})
+    assert not full.excludes(one_device, {"deepspeed"})
+    assert gpu.excludes("bench/test_deepspeed.py::test_train[deepspeed-zero3-adamw-gpt2_text-w2-fp32]", {"deepspeed"})
+    assert not gpu.excludes("bench/test_scaling.py::test_scaling[torch-fsdp-adamw-gpt2_text-w1-fp32]", {"torch"})
+    assert gpu.excludes("bench/test_scaling.py::test_scaling[torch-fsdp-adamw-gpt2_text-w2-fp32]", {"torch"})
 
 
 def test_expected_times_come_from_the_newest_stored_run_of_the_same_hardware(tmp_path):

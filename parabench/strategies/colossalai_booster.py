@@ -164,6 +164,8 @@ class ColossalAILowLevelZero(ColossalAIBooster):
     """``LowLevelZeroPlugin``: ZeRO over the data-parallel ranks, flat fp32 master shards per rank."""
 
     stage: ClassVar[int]
+    # One rank is the one-device check's point (bench/test_one_device.py); the matrix asks for 2 or more elsewhere.
+    requires = Requirements(packages=("colossalai",), min_world_size=1)
     precisions = ("fp32", "bf16", "fp16")
     master_weights = True
     option_names = ("offload", "inject")
@@ -212,6 +214,7 @@ class ColossalAIGemini(ColossalAIBooster):
     """``GeminiPlugin``: chunk-based ZeRO-3 with static (fractions) or ``auto`` (memory-tracing) placement."""
 
     name = "colossalai-gemini"
+    requires = ColossalAILowLevelZero.requires  # one rank: the one-device check's point, as LowLevelZero
     precisions = ("bf16", "fp16")  # Gemini keeps fp32 master chunks and computes in half precision
     master_weights = True
     option_names = ("placement", "shard", "offload_optim", "offload_param", "inject")

@@ -1,5 +1,5 @@
-"""The strategies PyTorch itself ships: one process, DDP (± autocast), ZeRO-1, FSDP2 and FSDP1; and the
-one-process reference of the strategies that train low-precision weights from fp32 master weights."""
+"""The strategies PyTorch itself ships: one process, DDP (± autocast), ZeRO-1, FSDP2 (± its mixed precision) and
+FSDP1; and the one-process reference of the strategies that train low-precision weights from fp32 master weights."""
 
 from __future__ import annotations
 
@@ -140,9 +140,13 @@ class TorchFSDP(Strategy):
         blocks = block_classes(model, workload.block_types)
         for module in model.modules():
             if type(module) in blocks:
-                fully_shard(module, mesh=mesh)
-        self.model = fully_shard(model, mesh=mesh)
+                fully_shard(module, mesh=mesh, **self.shard_options())
+        self.model = fully_shard(model, mesh=mesh, **self.shard_options())
         self.optimizer = optimizer.build(self.model.parameters())
+
+    def shard_options(self) -> dict[str, object]:
+        """``fully_shard``'s keyword arguments besides the mesh (none: fp32 throughout)."""
+        return {}
 
     @contextlib.contextmanager
     def no_sync(self):
@@ -151,6 +155,28 @@ class TorchFSDP(Strategy):
             yield
         finally:
             self.model.set_requires_gradient_sync(True)
+
+
+class TorchFSDPMixed(TorchFSDP):
+    """FSDP2 with its own mixed precision (``MixedPrecisionPolicy``): the sharded parameters stay fp32, each
+    all-gather casts them to bf16/fp16 for forward and backward, and gradients are reduced into fp32 shards.
+
+    The weights it computes with are 16-bit copies of fp32 masters, as ``single-master``'s are, and no autocast
+    runs around the forward (the policy casts the model's floating-point inputs). fp16 losses are scaled at the
+    static ``FP16_LOSS_SCALE`` (``StaticGradScaler``), as its reference's.
+    """
+
+    name = "torch-fsdp-mp"
+    precisions = ("bf16", "fp16")
+    master_weights = True
+
+    def shard_options(self) -> dict[str, object]:
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        return {"mp_policy": MixedPrecisionPolicy(param_dtype=dtype_of(self.precision), reduce_dtype=torch.float32)}
+
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # the policy computes with 16-bit weights; no autocast on top
 
 
 class TorchFSDP1(Strategy):
