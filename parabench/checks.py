@@ -29,7 +29,7 @@ class Tolerance:
         return f"atol {self.atol:g} + rtol {self.rtol:g}"
 
 
-# fp32 data parallelism reorders only the gradient all-reduce: ≤ 1e-6 was seen (DESIGN §6).
+# fp32 data parallelism reorders only the gradient all-reduce: ≤ 1e-6 was seen on CPU.
 PARITY = {"fp32": Tolerance(atol=1e-5)}
 
 # bf16/fp16: no fixed tolerance holds. Rounding differences grow with the steps at a rate of the workload's

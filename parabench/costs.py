@@ -6,7 +6,7 @@ Both are the same on every run of the same code, on any host, so the gate compar
   dispatches, DDP's C++ reducer included (its bucket all-reduces go through the dispatcher), with its tensors
   and its process group (so the group's size: a tensor-parallel group is not the data-parallel one). The
   profiler's ``gloo:``/``nccl:`` events carry the tensors but not the group, and gloo runs a reduce-scatter as
-  an all-reduce (``../shared/probes/profiler_collectives.py``); the dispatcher op is what the framework asked for.
+  an all-reduce; the dispatcher op is what the framework asked for.
   Per collective: ``calls``, ``bytes`` (its size in the nccl-tests convention: the whole buffer, i.e. the
   all-gather's output and the reduce-scatter's input) and ``bus_bytes`` (size × the nccl-tests bus factor:
   all-reduce 2(n−1)/n, all-gather / reduce-scatter / all-to-all (n−1)/n, broadcast / reduce / send / recv 1),

@@ -1,6 +1,6 @@
 """Per-rank measurements: exact state bytes, profiler-replay peak, CUDA peaks, RSS, step timing.
 
-CPU has no allocator statistics, so memory is measured two deterministic ways (DESIGN §4):
+CPU has no allocator statistics, so memory is measured two deterministic ways:
 the bytes of the training state itself, and the peak of a profiled step's allocations.
 """
 

@@ -2,7 +2,7 @@
 
 One DDP + SGD case is recorded twice into a private store (time is judged against two runs at least); each test then runs it again under the
 gate, unchanged or with one perturbation (``--bench-inject``), and reads the verdicts the gate wrote.
-SGD with momentum, unlike Adam, is not blind to a gradient-scaling bug (DESIGN §4).
+SGD with momentum, unlike Adam, is not blind to a gradient-scaling bug.
 """
 
 from __future__ import annotations

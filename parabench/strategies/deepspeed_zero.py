@@ -29,7 +29,7 @@ from parabench.strategies.base import LossFn, RankContext, Strategy
 from parabench.strategies.options import Chunked, check_integer, check_known
 from parabench.workloads import Batch, Workload
 
-# The ZeRO++ quantizers are CUDA kernels (DeepSpeed's QuantizerBuilder); DESIGN §6 saw them fail on CPU.
+# The ZeRO++ quantizers are CUDA kernels (DeepSpeed's QuantizerBuilder); they fail to build on CPU.
 _CUDA_ONLY_OPTIONS = {"qw": "ZeRO++ quantized weights", "qg": "ZeRO++ quantized gradients"}
 _STAGE3_OPTIONS = ("offload_param", "hpz", "qw", "qg")
 # Gradient buffers the ZeRO optimizers keep between steps, by attribute (absent ones are skipped).
