@@ -328,14 +328,10 @@ MEMORY_SIGNAL = signal.SIGUSR2
 
 
 def pin_launched_rank(launch: Launch, threads: int) -> bool:
-    """Pin this launched rank to its cores among the node's (``worker.pinned_cpus``); whether it was. Asked again
-    afterwards, ``pinned_cpus`` would see only the cores left to it and answer that the ranks cannot be pinned."""
-    from parabench.worker import pinned_cpus
+    """Pin this launched rank to its cores among the node's (``worker.pin_to_cores``); whether it was."""
+    from parabench.worker import pin_to_cores
 
-    cores = pinned_cpus(launch.local_rank, launch.local_world_size, threads)
-    if cores:
-        os.sched_setaffinity(0, cores)
-    return bool(cores)
+    return pin_to_cores(launch.local_rank, launch.local_world_size, threads)
 
 
 class LaunchedPools:

@@ -43,6 +43,15 @@ def pinned_cpus(rank: int, world_size: int, threads: int) -> set[int] | None:
     return set(cpus[rank * threads:(rank + 1) * threads])
 
 
+def pin_to_cores(rank: int, world_size: int, threads: int) -> bool:
+    """Pin this process to rank ``rank``'s cores (``pinned_cpus``); whether it was. Asked again afterwards,
+    ``pinned_cpus`` would see only the cores left to it and answer that the ranks cannot be pinned."""
+    cores = pinned_cpus(rank, world_size, threads)
+    if cores:
+        os.sched_setaffinity(0, cores)
+    return bool(cores)
+
+
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent dies, however it dies.
 
@@ -145,9 +154,8 @@ def main(config: WorkerConfig, conn, progress: ctypes.Array[ctypes.c_longlong] |
     from parabench.strategies.base import RankContext
 
     torch.set_num_threads(config.threads)
-    cores = pinned_cpus(config.rank, config.world_size, config.threads) if config.pin else None
-    if cores and config.device_type == "cpu":
-        os.sched_setaffinity(0, cores)
+    if config.pin and config.device_type == "cpu":
+        pin_to_cores(config.rank, config.world_size, config.threads)
     local_rank = claim_rank_variables(config)
     if config.device_type == "cuda":
         require_cuda_forkable()
