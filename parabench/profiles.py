@@ -1,10 +1,11 @@
 """Profiles: which of bench/'s cases a session runs (``--bench-profile``), read from ``bench/profiles.toml``.
 
-A profile is data: the marks and case-id patterns it leaves out, optionally on top of another profile's.
+A profile is data: the marks and case-id patterns it leaves out, optionally on top of another profile's, and
+optionally the patterns it keeps (``include``: a profile of one experiment keeps only its cases).
 ``slow_bf16`` names the bf16 cases that still run on a host whose bf16 kernels are slow (see
 ``parabench.hostspeed``); every other bf16 case of the profile is skipped there, with the reason.
 
-Patterns (``exclude``, ``bf16_on_slow_hosts``) are fnmatch patterns over node ids, which read
+Patterns (``include``, ``exclude``, ``bf16_on_slow_hosts``) are fnmatch patterns over node ids, which read
 ``HEAD[CASE]`` (``bench/test_x.py::test_train[deepspeed-zero1-adamw-gpt2_text-w2-fp32-ga2]``). The first
 ``[`` of a pattern is the node id's own ``[``: the part before it matches ``HEAD`` and the part after it
 matches ``CASE]``, where brackets are fnmatch classes (``deepspeed-zero[01]-*``) and a ``]`` outside a class
@@ -25,7 +26,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 PROFILES_FORMAT = 1
-_PROFILE_KEYS = {"description", "extends", "exclude", "exclude_marks", "bf16_on_slow_hosts"}
+_PROFILE_KEYS = {"description", "extends", "include", "exclude", "exclude_marks", "bf16_on_slow_hosts"}
 
 
 class ProfileError(ValueError):
@@ -39,8 +40,11 @@ class Profile:
     exclude: tuple[str, ...]        # patterns over test node ids (``bench/test_x.py::test_train[id]``, see ``matches``)
     exclude_marks: tuple[str, ...]
     bf16_on_slow_hosts: tuple[str, ...] | None  # patterns of the bf16 cases kept where bf16 is slow; None: all
+    include: tuple[str, ...] | None = None  # patterns of the only node ids it keeps; None: every one not excluded
 
     def excludes(self, nodeid: str, marks: set[str]) -> bool:
+        if self.include is not None and not any(matches(nodeid, p) for p in self.include):
+            return True
         return bool(marks & set(self.exclude_marks)) or any(matches(nodeid, p) for p in self.exclude)
 
     def keeps_on_slow_bf16(self, nodeid: str) -> bool:
@@ -115,13 +119,18 @@ def load_profiles(path: str | Path) -> Profiles:
         marks = _strings(path, where + "exclude_marks", table.get("exclude_marks", []))
         kept = table.get("bf16_on_slow_hosts")
         kept = None if kept is None else _strings(path, where + "bf16_on_slow_hosts", kept)
+        include = table.get("include")
+        include = None if include is None else _strings(path, where + "include", include)
+        if include == ():
+            raise ProfileError(f"{path}: {where}include = []; it would keep no test (leave it out to keep every one)")
         description = table.get("description", "")
         if not isinstance(description, str):
             raise ProfileError(f"{path}: {where}description = {description!r}; it takes a string")
         profile = Profile(name, description,
                           (parent.exclude if parent else ()) + exclude,
                           (parent.exclude_marks if parent else ()) + marks,
-                          kept if kept is not None or parent is None else parent.bf16_on_slow_hosts)
+                          kept if kept is not None or parent is None else parent.bf16_on_slow_hosts,
+                          include if include is not None or parent is None else parent.include)
         profiles[name] = profile
         return profile
 

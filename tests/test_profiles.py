@@ -66,7 +66,8 @@ def test_every_pattern_of_every_profile_matches_a_collected_case():
     assert len(nodeids) > 100, f"collected only {len(nodeids)} node ids:\n{collected.stdout[-3000:]}"
     dead = [f"profile {profile.name}: {key} pattern {pattern!r}"
             for profile in PROFILES.profiles.values()
-            for key, patterns in (("exclude", profile.exclude), ("bf16_on_slow_hosts", profile.bf16_on_slow_hosts))
+            for key, patterns in (("include", profile.include), ("exclude", profile.exclude),
+                                  ("bf16_on_slow_hosts", profile.bf16_on_slow_hosts))
             for pattern in patterns or ()
             if not any(matches(nodeid, pattern) for nodeid in nodeids)]
     assert not dead, ("patterns in bench/profiles.toml that match no case collected under --bench-profile=full "
@@ -87,6 +88,8 @@ def test_an_unknown_profile_names_the_known_ones():
     ("format = 1\n", r"no \[profile.NAME\] table"),
     ("format = 1\n[slow_bf16]\nratio = 'four'\n[profile.a]\n", r"\[slow_bf16\] ratio = 'four'; it takes a number above 1"),
     ("format = 1\n[profile.a]\ndescription = 3\n", r"profile.a.description = 3; it takes a string"),
+    ("format = 1\n[profile.a]\ninclude = []\n", r"profile.a.include = \[\]; it would keep no test"),
+    ("format = 1\n[profile.a]\ninclude = '*'\n", r"profile.a.include = '\*'; it takes a list of non-empty strings"),
     ("format = [\n", r"not valid TOML"),
 ])
 def test_a_malformed_profiles_file_names_the_table_the_key_and_what_it_takes(tmp_path, text, message):
@@ -105,6 +108,20 @@ def test_a_profile_inherits_what_it_extends(tmp_path):
     assert small.keeps_on_slow_bf16("x[single-adamw-gpt2_text-w1-bf16]")
     assert not small.keeps_on_slow_bf16("x[single-sgd-gpt2_text-w1-bf16]")
     assert load_profiles(path).get("big").keeps_on_slow_bf16("x[single-sgd-gpt2_text-w1-bf16]")
+
+
+def test_a_profile_with_include_keeps_only_what_it_names_less_what_it_excludes(tmp_path):
+    path = tmp_path / "profiles.toml"
+    path.write_text("format = 1\n[profile.big]\n[profile.one]\nextends = 'big'\ninclude = ['b/x.py::t[*', 'b/y.py::*']\n"
+                    "exclude = ['*-w4-*']\n[profile.less]\nextends = 'one'\nexclude_marks = ['slow']\n")
+    profiles = load_profiles(path)
+    one, less = profiles.get("one"), profiles.get("less")
+    assert less.include == one.include == ("b/x.py::t[*", "b/y.py::*")  # inherited
+    assert not one.excludes("b/x.py::t[a-w2-fp32]", set()) and not one.excludes("b/y.py::u", set())
+    assert one.excludes("b/z.py::t[a-w2-fp32]", set())  # not included
+    assert one.excludes("b/x.py::t[a-w4-fp32]", set())  # included, but excluded
+    assert less.excludes("b/x.py::t[a-w2-fp32]", {"slow"}) and not less.excludes("b/x.py::t[a-w2-fp32]", set())
+    assert not profiles.get("big").excludes("b/z.py::t[a-w2-fp32]", set())
 
 
 def test_expected_times_come_from_the_newest_stored_run_of_the_same_hardware(tmp_path):
