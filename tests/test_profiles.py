@@ -15,9 +15,11 @@ PROFILES = load_profiles(REPO / "bench" / "profiles.toml")
 
 
 def test_the_committed_profiles_load_and_nest():
-    assert list(PROFILES.profiles) == ["full", "default", "ci"]
-    full, default, ci = (PROFILES.get(name) for name in ("full", "default", "ci"))
-    assert not full.exclude and not full.exclude_marks and full.bf16_on_slow_hosts is None
+    assert list(PROFILES.profiles) == ["full", "default", "ci", "seeds"]
+    full, default, ci, seeds = (PROFILES.get(name) for name in ("full", "default", "ci", "seeds"))
+    assert not full.exclude and not full.exclude_marks and full.bf16_on_slow_hosts is None and full.include is None
+    # seeds: one experiment of full's, nothing else; where bf16 is slow, none of its bf16 cases
+    assert seeds.include and not seeds.exclude and not seeds.exclude_marks and seeds.bf16_on_slow_hosts == ()
     # default leaves out what full adds; ci leaves out at least what default does.
     assert "full" in default.exclude_marks and set(default.exclude) <= set(ci.exclude)
     assert set(default.exclude_marks) <= set(ci.exclude_marks)
@@ -29,6 +31,10 @@ def test_exclusions_match_node_ids_and_marks():
     assert default.excludes("bench/test_torch_strategies.py::test_train[torch-ddp-adamw-gpt2_text-w4-fp32]", {"full"})
     assert not default.excludes("bench/test_torch_strategies.py::test_train[torch-ddp-adamw-gpt2_text-w2-fp32]",
                                 {"torch", "parametrize"})
+    seeds = PROFILES.get("seeds")
+    assert seeds.excludes("bench/test_torch_strategies.py::test_train[torch-ddp-adamw-gpt2_text-w2-fp32]", {"torch"})
+    assert not seeds.excludes("bench/test_plugin_benchmark.py::test_plugin[colossalai-gemini-hybrid-adam-vit_base_"
+                              "digits-w2-bf16-b16]", {"colossalai", "full"})
 
 
 @pytest.mark.parametrize("pattern,nodeid,expected", [
@@ -75,7 +81,8 @@ def test_every_pattern_of_every_profile_matches_a_collected_case():
 
 
 def test_an_unknown_profile_names_the_known_ones():
-    with pytest.raises(ProfileError, match="--bench-profile=fast: no such profile in .*; known: full, default, ci"):
+    with pytest.raises(ProfileError, match="--bench-profile=fast: no such profile in .*; known: full, default, ci, "
+                                           "seeds"):
         PROFILES.get("fast")
 
 
