@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from parabench.plugin_benchmark import PLUGINS
 from parabench.report.runs import CaseRecord, ReportError, ReportRun, machine
 from parabench.report.tables import MB, Table
 
@@ -227,9 +228,14 @@ def _notes(run: ReportRun, records: Mapping[str, CaseRecord], theirs: Mapping[st
              f"published: {published.source}, {published.model} on {published.dataset}, {published.hardware}; "
              f"batch {published.batch}; throughput in {published.throughput}; {published.memory} as printed, each "
              f"unit {published.memory_unit_base} of the one below"]
+    devices = sorted({str(info.get("device", "cpu")) for info in infos})
+    differs = [f"{plugin.name}: {plugin.differs[device]}" for plugin in PLUGINS for device in devices
+               if plugin.name in records and plugin.differs.get(device)]
+    if differs:
+        notes.append("as run here, beside the published configuration: " + "; ".join(differs))
     missing = [plugin for plugin in theirs if plugin not in records]
     if missing:
-        notes.append(f"not in this run: {', '.join(missing)} (see its skip reasons)")
+        notes.append(f"not in this run: {', '.join(missing)} (skipped or failed: see the session's output)")
     if len(placings) < 2:
         return notes
     agreeing = [p.plugin for p in placings if p.agrees]
