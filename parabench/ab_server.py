@@ -68,11 +68,10 @@ def _missing_packages(case) -> list[str]:
     return missing
 
 
-def serve(requests, out, device: str, backend: str, threads: int, pin: bool, memory_limit_bytes) -> None:
+def serve(requests, out, device: str, backend: str, threads: int, pin: bool, rank_memory) -> None:
     from parabench.pool import PoolManager
 
-    manager = PoolManager(device_type=device, backend=backend, threads=threads, pin=pin,
-                          memory_limit_bytes=memory_limit_bytes)
+    manager = PoolManager(device_type=device, backend=backend, threads=threads, pin=pin, rank_memory=rank_memory)
     try:
         for line in requests:
             request = json.loads(line)
@@ -168,8 +167,12 @@ def main(requests_fd: int, answers_fd: int, settings: dict) -> None:
     except BaseException as error:  # the head side turns this into a usage error naming the fix
         _answer(out, {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
         return
-    serve(requests, out, settings["device"], settings["backend"], settings["threads"], settings["pin"],
-          settings.get("memory_limit_bytes"))
+    from parabench.pool import RankMemoryLimit
+
+    # A head from before limits per world size sends only the one number it gave every pool.
+    rank_memory = (RankMemoryLimit(**settings["rank_memory"]) if "rank_memory" in settings
+                   else RankMemoryLimit(per_rank_bytes=settings.get("memory_limit_bytes")))
+    serve(requests, out, settings["device"], settings["backend"], settings["threads"], settings["pin"], rank_memory)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
-from parabench.pool import CaseTimeout, PoolManager, ProgressCallback, RankFailure, RankSkip, over_memory_limit
+from parabench.pool import (CaseTimeout, PoolManager, ProgressCallback, RankFailure, RankMemoryLimit, RankSkip,
+                            over_memory_limit)
 from parabench.worker import PLACE_VARIABLES, RENDEZVOUS_VARIABLES
 
 LAUNCHERS = ("auto", "spawn", "env", "slurm")
@@ -355,7 +356,8 @@ class LaunchedPools:
         self.memory_limit_bytes = memory_limit_bytes
         self.timeout = datetime.timedelta(seconds=process_group_timeout_s)
         self._local: PoolManager | None = None
-        self._local_options = dict(local_options, threads=threads, pin=pin, memory_limit_bytes=memory_limit_bytes,
+        self._local_options = dict(local_options, threads=threads, pin=pin,
+                                   rank_memory=RankMemoryLimit(per_rank_bytes=memory_limit_bytes),
                                    process_group_timeout_s=process_group_timeout_s)
         quiet_libraries()
         torch.set_num_threads(threads)

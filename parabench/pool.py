@@ -15,6 +15,7 @@ import shutil
 import signal
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from parabench import worker
@@ -37,6 +38,27 @@ PEER_GRACE_S = 3.0
 # While a task runs, the controller looks at its progress and its ranks' memory this often.
 PROGRESS_INTERVAL_S = 0.5
 GB = 1024**3
+
+
+@dataclass(frozen=True)
+class RankMemoryLimit:
+    """The resident memory a rank may reach: the same for every rank (``per_rank_bytes``), or a budget of the
+    machine shared by the ranks that run together (``shared_bytes``, split over a pool's world size); neither: none."""
+
+    per_rank_bytes: int | None = None
+    shared_bytes: int | None = None
+
+    def for_world_size(self, world_size: int) -> int | None:
+        """Each rank's limit in a pool of ``world_size`` ranks, in bytes; None: no limit."""
+        if self.per_rank_bytes is not None:
+            return self.per_rank_bytes
+        if self.shared_bytes is None:
+            return None
+        return self.shared_bytes // world_size
+
+    def to_dict(self) -> dict[str, int | None]:
+        return {"per_rank_bytes": self.per_rank_bytes, "shared_bytes": self.shared_bytes}
+
 
 def over_memory_limit(resident: int, limit: int) -> str:
     """Why a rank was stopped for its memory, naming the option that sets the limit."""
@@ -285,8 +307,10 @@ class PoolManager:
     """
 
     def __init__(self, device_type: str = "cpu", backend: str = "gloo", max_pools: int = 4,
-                 **pool_options: Any) -> None:
+                 rank_memory: RankMemoryLimit = RankMemoryLimit(), **pool_options: Any) -> None:
         self.device_type, self.backend, self.pool_options = device_type, backend, pool_options
+        # Each pool's ranks get the limit of its own world size: the ranks of one case are what run together.
+        self.rank_memory = rank_memory
         self.max_pools = max_pools
         self.pools: dict[tuple[int, str], RankPool] = {}  # in order of last use
         self.started = 0
@@ -304,7 +328,8 @@ class PoolManager:
                 pool.close()
             while len(self.pools) >= self.max_pools:
                 self.pools.pop(next(iter(self.pools))).close()
-            pool = RankPool(world_size, self.device_type, self.backend, **self.pool_options)
+            pool = RankPool(world_size, self.device_type, self.backend,
+                            memory_limit_bytes=self.rank_memory.for_world_size(world_size), **self.pool_options)
             self.started += 1
         self.pools[key] = pool
         return pool

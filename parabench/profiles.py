@@ -1,7 +1,7 @@
 """Profiles: which of bench/'s cases a session runs (``--bench-profile``), read from ``bench/profiles.toml``.
 
 A profile is data: the marks and case-id patterns it leaves out, optionally on top of another profile's, or
-the patterns it keeps alone (``select``: a selection such as the one-GPU check's, not a trimmed matrix).
+the patterns it keeps alone (``select``: a selection such as the one-GPU check's or one experiment's, not a trimmed matrix).
 ``slow_bf16`` names the bf16 cases that still run on a host whose bf16 kernels are slow (see
 ``parabench.hostspeed``); every other bf16 case of the profile is skipped there, with the reason.
 
@@ -120,6 +120,8 @@ def load_profiles(path: str | Path) -> Profiles:
         select = _strings(path, where + "select", table["select"]) if "select" in table else None
         kept = table.get("bf16_on_slow_hosts")
         kept = None if kept is None else _strings(path, where + "bf16_on_slow_hosts", kept)
+        if select == ():
+            raise ProfileError(f"{path}: {where}select = []; it would keep no test (leave it out to keep every one)")
         description = table.get("description", "")
         if not isinstance(description, str):
             raise ProfileError(f"{path}: {where}description = {description!r}; it takes a string")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import pytest
 
-from parabench.pool import CaseTimeout, PoolManager, RankFailure, RankSkip
+from parabench.pool import CaseTimeout, PoolManager, RankFailure, RankMemoryLimit, RankSkip
 from tests import rank_tasks
 from tests.rank_tasks import process_gone as gone
 
@@ -108,7 +109,7 @@ def test_on_wait_sees_the_steps_rank_0_reports_and_each_task_starts_from_none(ma
 
 
 def test_a_rank_over_its_memory_limit_is_killed_named_and_the_pool_rebuilt():
-    pools = PoolManager(process_group_timeout_s=120, memory_limit_bytes=1024**3)
+    pools = PoolManager(process_group_timeout_s=120, rank_memory=RankMemoryLimit(per_rank_bytes=1024**3))
     try:
         error, elapsed = fail_then_recover(pools, rank_tasks.grow_on_rank1, 120, RankFailure)
     finally:
@@ -118,6 +119,56 @@ def test_a_rank_over_its_memory_limit_is_killed_named_and_the_pool_rebuilt():
     assert "over the limit of 1.00 GiB per rank (--bench-rank-memory" in message
     assert re.search(r"rank 0 (raised|still running after its peers failed)", message)  # its story, not a hang
     assert elapsed < 60
+
+
+class _Options:
+    """The command line as ``BenchOptions.from_config`` reads it: the suite's defaults, some given."""
+
+    DEFAULTS = {"--bench-launcher": "spawn", "--bench-inject": None, "--bench-device": "cpu",
+                "--bench-profile": "default", "--bench-bf16": "auto", "--bench-steps": None, "--bench-warmup": None,
+                "--bench-timeout": 600.0, "--bench-max-ranks": 4, "--bench-threads": 1, "--bench-pin": "auto",
+                "--profile": False, "--profile-steps": 3, "--bench-rank-memory": None}
+
+    def __init__(self, **given) -> None:
+        self.values = {**self.DEFAULTS, **{f"--{key.replace('_', '-')}": value for key, value in given.items()}}
+        self.rootpath = Path(__file__).resolve().parents[1]
+
+    def getoption(self, name: str, default=None):
+        return self.values.get(name, default)
+
+
+def test_the_default_memory_limit_is_the_budget_over_the_ranks_of_the_case(monkeypatch):
+    """A 2-rank case on a machine that allows 4 ranks gets half of the budget per rank, not a quarter; the limit
+    --bench-rank-memory gives is every rank's, whatever the world size."""
+    import psutil
+
+    import parabench.pool
+    from fixtures.options import RANK_MEMORY_SHARE, BenchOptions
+
+    total = 24 * 1024**3
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("Memory", (), {"total": total})())
+    made: dict[int, int | None] = {}
+
+    class Pool:  # what PoolManager.get builds, without spawning ranks
+        def __init__(self, world_size, device_type, backend, memory_limit_bytes=None, **options):
+            made[world_size] = memory_limit_bytes
+            self.broken = False
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(parabench.pool, "RankPool", Pool)
+    budget = int(RANK_MEMORY_SHARE * total)
+    pools = PoolManager(rank_memory=BenchOptions.from_config(_Options(bench_max_ranks=4)).rank_memory)
+    for world_size in (1, 2, 4):
+        pools.get(world_size)
+    assert made == {1: budget, 2: budget // 2, 4: budget // 4}
+    made.clear()
+    pools = PoolManager(rank_memory=BenchOptions.from_config(_Options(bench_rank_memory=9.0)).rank_memory)
+    for world_size in (1, 2, 4):
+        pools.get(world_size)
+    assert made == {1: 9 * 1024**3, 2: 9 * 1024**3, 4: 9 * 1024**3}
+    assert BenchOptions.from_config(_Options(bench_rank_memory=0)).rank_memory.for_world_size(2) is None
 
 
 # --------------------------------------------------------------------------- CUDA and the fork server

@@ -15,9 +15,11 @@ PROFILES = load_profiles(REPO / "bench" / "profiles.toml")
 
 
 def test_the_committed_profiles_load_and_nest():
-    assert list(PROFILES.profiles) == ["full", "default", "ci", "gpu"]
-    full, default, ci = (PROFILES.get(name) for name in ("full", "default", "ci"))
-    assert not full.exclude and not full.exclude_marks and full.bf16_on_slow_hosts is None
+    assert list(PROFILES.profiles) == ["full", "default", "ci", "gpu", "seeds"]
+    full, default, ci, seeds = (PROFILES.get(name) for name in ("full", "default", "ci", "seeds"))
+    assert not full.exclude and not full.exclude_marks and full.bf16_on_slow_hosts is None and not full.select
+    # seeds: one experiment of full's, nothing else; where bf16 is slow, none of its bf16 cases
+    assert seeds.select and not seeds.exclude and not seeds.exclude_marks and seeds.bf16_on_slow_hosts == ()
     # default leaves out what full adds; ci leaves out at least what default does.
     assert "full" in default.exclude_marks and set(default.exclude) <= set(ci.exclude)
     assert set(default.exclude_marks) <= set(ci.exclude_marks)
@@ -29,6 +31,10 @@ def test_exclusions_match_node_ids_and_marks():
     assert default.excludes("bench/test_torch_strategies.py::test_train[torch-ddp-adamw-gpt2_text-w4-fp32]", {"full"})
     assert not default.excludes("bench/test_torch_strategies.py::test_train[torch-ddp-adamw-gpt2_text-w2-fp32]",
                                 {"torch", "parametrize"})
+    seeds = PROFILES.get("seeds")
+    assert seeds.excludes("bench/test_torch_strategies.py::test_train[torch-ddp-adamw-gpt2_text-w2-fp32]", {"torch"})
+    assert not seeds.excludes("bench/test_plugin_benchmark.py::test_plugin[colossalai-gemini-hybrid-adam-vit_base_"
+                              "digits-w2-bf16-b16]", {"colossalai", "full"})
 
 
 @pytest.mark.parametrize("pattern,nodeid,expected", [
@@ -75,8 +81,8 @@ def test_every_pattern_of_every_profile_matches_a_collected_case():
 
 
 def test_an_unknown_profile_names_the_known_ones():
-    with pytest.raises(ProfileError,
-                       match="--bench-profile=fast: no such profile in .*; known: full, default, ci, gpu"):
+    with pytest.raises(ProfileError, match="--bench-profile=fast: no such profile in .*; known: full, default, ci, "
+                                           "gpu, seeds"):
         PROFILES.get("fast")
 
 
@@ -90,6 +96,7 @@ def test_an_unknown_profile_names_the_known_ones():
     ("format = 1\n[slow_bf16]\nratio = 'four'\n[profile.a]\n", r"\[slow_bf16\] ratio = 'four'; it takes a number above 1"),
     ("format = 1\n[profile.a]\ndescription = 3\n", r"profile.a.description = 3; it takes a string"),
     ("format = 1\n[profile.a]\nselect = ['']\n", r"profile.a.select = \[''\]; it takes a list of non-empty strings"),
+    ("format = 1\n[profile.a]\nselect = []\n", r"profile.a.select = \[\]; it would keep no test"),
     ("format = [\n", r"not valid TOML"),
 ])
 def test_a_malformed_profiles_file_names_the_table_the_key_and_what_it_takes(tmp_path, text, message):
@@ -132,6 +139,20 @@ def test_the_gpu_profile_is_a_selection_the_others_leave_out():
     assert gpu.excludes("bench/test_deepspeed.py::test_train[deepspeed-zero3-adamw-gpt2_text-w2-fp32]", {"deepspeed"})
     assert not gpu.excludes("bench/test_scaling.py::test_scaling[torch-fsdp-adamw-gpt2_text-w1-fp32]", {"torch"})
     assert gpu.excludes("bench/test_scaling.py::test_scaling[torch-fsdp-adamw-gpt2_text-w2-fp32]", {"torch"})
+
+
+def test_a_profile_with_select_keeps_only_what_it_names_less_what_it_excludes(tmp_path):
+    path = tmp_path / "profiles.toml"
+    path.write_text("format = 1\n[profile.big]\n[profile.one]\nextends = 'big'\nselect = ['b/x.py::t[*', 'b/y.py::*']\n"
+                    "exclude = ['*-w4-*']\n[profile.less]\nextends = 'one'\nexclude_marks = ['slow']\n")
+    profiles = load_profiles(path)
+    one, less = profiles.get("one"), profiles.get("less")
+    assert less.select == one.select == ("b/x.py::t[*", "b/y.py::*")  # inherited
+    assert not one.excludes("b/x.py::t[a-w2-fp32]", set()) and not one.excludes("b/y.py::u", set())
+    assert one.excludes("b/z.py::t[a-w2-fp32]", set())  # not selectd
+    assert one.excludes("b/x.py::t[a-w4-fp32]", set())  # selectd, but excluded
+    assert less.excludes("b/x.py::t[a-w2-fp32]", {"slow"}) and not less.excludes("b/x.py::t[a-w2-fp32]", set())
+    assert not profiles.get("big").excludes("b/z.py::t[a-w2-fp32]", set())
 
 
 def test_expected_times_come_from_the_newest_stored_run_of_the_same_hardware(tmp_path):

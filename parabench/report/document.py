@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from parabench.report import figures, tables
+from parabench.report import figures, published, tables
 from parabench.report.runs import ReportError, ReportRun, machine, versions
 from parabench.report.tables import Table
 
@@ -147,6 +147,11 @@ def _write(doc: Document, run: ReportRun, base: ReportRun | None, steps: int, po
         if missing:
             table.notes.append(f"not in this run: {', '.join(missing)} (see its skip reasons)")
         doc.table(table)
+    beside = published.plugin_tables(run)
+    if beside:
+        doc.heading("The seeds' plugin benchmark beside the published figures")
+        for table in beside:
+            doc.table(table)
     for sweep in (tables.batch_sweep(run), tables.split_sweep(run)):
         if sweep is None:
             continue

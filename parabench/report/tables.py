@@ -196,7 +196,9 @@ def _memory_note(records: Sequence[CaseRecord]) -> str:
 
 # --- sweeps ----------------------------------------------------------------------------------------------------
 
-SWEEP_GROUPS = ("batch_size_sweep", "split_size_sweep")
+# Groups with a section of their own, left out of the per-workload comparisons: the sweeps, and the plugin benchmark
+# (parabench/report/published.py sets it beside the published figures)
+SWEEP_GROUPS = ("batch_size_sweep", "split_size_sweep", "plugin_benchmark")
 
 
 @dataclass(frozen=True)
