@@ -8,8 +8,8 @@ against one process on the same global batch. ``python -m parabench report`` plo
 import pytest
 
 from fixtures.sweeps import batch_sizes
-from parabench.case import Case
-from parabench.matrix import cases, params
+from parabench.cases.case import Case
+from parabench.cases.matrix import cases, params
 
 WORKLOAD, STEPS = "vit-digits", 20
 SERIES = [  # (strategies, optimizer, precisions, options)

@@ -2,9 +2,9 @@
 
 import pytest
 
-from parabench.case import Case
-from parabench.checks import assert_loss_decreases
-from parabench.matrix import cases, params
+from parabench.cases.case import Case
+from parabench.cases.matrix import cases, params
+from parabench.measure.checks import assert_loss_decreases
 
 DDP, FSDP = "colossalai-torch-ddp", "colossalai-torch-fsdp"
 ZERO = ["colossalai-lowlevelzero1", "colossalai-lowlevelzero2"]
@@ -25,7 +25,7 @@ CASES = (
     + params(cases([DDP, *ZERO], ["sgd"], ["gpt2-text"], precisions=["fp32"], grad_accum=2))
     # Gemini (GeminiOptimizer takes ColossalAI's Adam kernels only: HybridAdam, in AdamW mode): static
     # placement, every chunk resharded after use (default) or half kept gathered within a step; 4 ranks in full. On CPU
-    # through parabench/colossalai_cpu.py's chunk patches; auto placement and offloading need CUDA.
+    # through parabench/upstream/colossalai_cpu.py's chunk patches; auto placement and offloading need CUDA.
     + params(cases([GEMINI], ["hybrid-adam"], ["gpt2-text"]))
     + params(cases([GEMINI], ["hybrid-adam"], ["gpt2-text"], precisions=["bf16"], options={"shard": 0.5}))
     + params(cases([GEMINI], ["hybrid-adam"], ["gpt2-text", "vit-digits"], world_sizes=[4], precisions=["bf16"]),
@@ -45,7 +45,7 @@ CASES = (
     # their distributed forms on its tensor-parallel shards; the dist-* entries are those forms built directly.
     + params(cases([DDP], ["hybrid-adam", "cpu-adam", "lamb", "lars", "galore-adamw", "galore"],
                    ["gpt2-text"], precisions=["fp32"]))
-    # CAME's drift under DDP first passes 1e-5 at step 29 (parabench/known.py): it runs long enough to show.
+    # CAME's drift under DDP first passes 1e-5 at step 29 (parabench/upstream/known.py): it runs long enough to show.
     + params(cases([DDP], ["came"], ["gpt2-text"], precisions=["fp32"], steps=40))
     + params(cases(["colossalai-lowlevelzero2"], ["hybrid-adam", "lamb"], ["gpt2-text"], precisions=["fp32"]))
     + params(cases([HYBRID], ["dist-lamb", "dist-came"], ["gpt2-text"], precisions=["fp32"], options={"tp": 2}))

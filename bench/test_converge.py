@@ -6,8 +6,8 @@ should need the same number of steps as one process; what differs is the time th
 
 import pytest
 
-from parabench.case import Case
-from parabench.converge import Target
+from parabench.cases.case import Case
+from parabench.measure.converge import Target
 
 TARGET = Target(accuracy=0.9, eval_every=10, max_steps=600)
 STRATEGIES = [("single", {}), ("torch-ddp", {}), ("torch-zero", {}), ("fairscale-oss", {}),

@@ -4,9 +4,9 @@ from dataclasses import replace
 
 import pytest
 
-from parabench.case import Case
-from parabench.checks import PARITY, assert_loss_decreases, assert_parity
-from parabench.matrix import cases, params
+from parabench.cases.case import Case
+from parabench.cases.matrix import cases, params
+from parabench.measure.checks import PARITY, assert_loss_decreases, assert_parity
 
 STAGES = ["deepspeed-zero0", "deepspeed-zero1", "deepspeed-zero2", "deepspeed-zero3"]
 SHARDED = STAGES[1:]

@@ -8,10 +8,10 @@ the same shape, precision and world size measured in this session; the table pri
 
 import pytest
 
-from parabench.clock import REPLAY_CLOCK
-from parabench.optimizer_step import StepBench
+from parabench.cases.optimizer_step import StepBench
+from parabench.measure.clock import REPLAY_CLOCK
 
-# Rank-side step times, replayed into pytest-benchmark (see parabench.clock).
+# Rank-side step times, replayed into pytest-benchmark (see parabench.measure.clock).
 pytestmark = pytest.mark.benchmark(timer=REPLAY_CLOCK, group="optimizer_step")
 
 WORLD_SIZES = [2, 4]

@@ -4,9 +4,9 @@ from dataclasses import replace
 
 import pytest
 
-from parabench.case import Case
-from parabench.checks import assert_loss_decreases
-from parabench.matrix import cases, params
+from parabench.cases.case import Case
+from parabench.cases.matrix import cases, params
+from parabench.measure.checks import assert_loss_decreases
 
 OSS, SDP, FSDP, PIPE = "fairscale-oss", "fairscale-sdp", "fairscale-fsdp", "fairscale-pipe"
 # ShardedDataParallel reducing each gradient on its own: right under zero_grad(set_to_none=True).
@@ -15,7 +15,7 @@ UNBUCKETED = {"buffer": 0}
 CASES = (
     params(cases([OSS, FSDP], ["adamw", "sgd"], ["gpt2-text"]))
     + params(cases([OSS, FSDP], ["adamw"], ["vit-digits"], steps=40))
-    # ShardedDataParallel with fairscale's defaults drifts (a strict expected failure, parabench/known.py);
+    # ShardedDataParallel with fairscale's defaults drifts (a strict expected failure, parabench/upstream/known.py);
     # the unbucketed configuration is the one benchmarked.
     + params(cases([SDP], ["adamw", "sgd"], ["gpt2-text"], precisions=["fp32"]))
     + params(cases([SDP], ["adamw", "sgd"], ["gpt2-text"], options=UNBUCKETED))

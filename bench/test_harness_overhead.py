@@ -8,9 +8,9 @@ import statistics
 
 import pytest
 
-from parabench.case import Case
-from parabench.optimizers import OPTIMIZERS
-from parabench.yardstick import handwritten_ddp_step_seconds
+from parabench.cases.case import Case
+from parabench.cases.optimizers import OPTIMIZERS
+from parabench.measure.yardstick import handwritten_ddp_step_seconds
 
 CASE = Case("torch-ddp", "sgd", "gpt2-text", 2, steps=30)
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from parabench.case import Case
-from parabench.checks import assert_loss_decreases
-from parabench.matrix import cases, params
+from parabench.cases.case import Case
+from parabench.cases.matrix import cases, params
+from parabench.measure.checks import assert_loss_decreases
 
 STAGED = ["torch-mp", "torch-pp-gpipe", "torch-pp-1f1b"]
 

@@ -8,8 +8,8 @@ Gemini's auto placement too. On a CPU the bf16 cases run (``python -m parabench.
 
 import pytest
 
-from parabench.checks import assert_loss_decreases
-from parabench.matrix import cases, params
+from parabench.cases.matrix import cases, params
+from parabench.measure.checks import assert_loss_decreases
 
 # One strategy per family and way of training: autocast (single, DDP), FSDP2's mixed-precision policy, DeepSpeed
 # ZeRO-2 and ZeRO-3, ColossalAI's LowLevelZero and Gemini (GeminiOptimizer takes ColossalAI's HybridAdam only).
@@ -28,7 +28,7 @@ CASES = (
 
 
 def assert_measured(result) -> None:
-    """Each rank recorded its step's memory rise and its costs (parabench.train), and on CUDA the high-water."""
+    """Each rank recorded its step's memory rise and its costs (parabench.runtime.train), and on CUDA the high-water."""
     for rank in result.ranks:
         assert rank.peak_allocated_bytes and rank.peak_allocated_bytes > 0, (
             f"rank {rank.rank}: no step peak recorded ({rank.peak_allocated_bytes!r})")

@@ -7,7 +7,7 @@ is also checked against one process on the same global batch.
 
 import pytest
 
-from parabench.case import Case
+from parabench.cases.case import Case
 
 WORKLOAD, BATCH, STEPS = "vit-digits", 128, 20
 SPLITS = [128, 64, 32, 16, 8]  # micro-batch sizes ("split size")

@@ -1,4 +1,4 @@
-"""Model size × world size: what a rank holds and moves, against the formulas (parabench.formulas, .costs).
+"""Model size × world size: what a rank holds and moves, against the formulas (parabench.measure.formulas, .costs).
 
 ZeRO-3 shards parameters, gradients and optimizer state, so its state per rank × N is the same at every N; DDP
 all-reduces every gradient once a step, 2(n−1)/n × 4Ψ bus bytes. Two model sizes run here (gpt2-text, 0.44 M
@@ -7,8 +7,8 @@ parameters; gpt2-text-3m, 3.2 M), GPT-2 small (124 M) and ViT-Base/16 at 224 px 
 
 import pytest
 
-from parabench.formulas import expected_state
-from parabench.matrix import cases, params
+from parabench.cases.matrix import cases, params
+from parabench.measure.formulas import expected_state
 
 SIZES = ["gpt2-text", "gpt2-text-3m"]
 STRATEGIES = ["torch-ddp", "deepspeed-zero3", "torch-fsdp"]

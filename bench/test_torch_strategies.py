@@ -2,8 +2,8 @@
 
 import pytest
 
-from parabench.checks import assert_loss_decreases
-from parabench.matrix import cases, params
+from parabench.cases.matrix import cases, params
+from parabench.measure.checks import assert_loss_decreases
 
 STRATEGIES = ["single", "torch-ddp", "torch-ddp-amp", "torch-zero", "torch-fsdp", "torch-fsdp1"]
 OPTIMIZERS = ["sgd", "adam", "adamw", "adafactor"]

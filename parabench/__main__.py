@@ -45,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
     host = commands.add_parser(
         "host", help="this host's kind and how many stored runs of it measure as this version does",
         description="Print this host's machine kind (device, CPU or GPU, kernel instruction set, forced kernels) and "
-                    "the stored runs made on that kind with this version's measurements (parabench.measure."
+                    "the stored runs made on that kind with this version's measurements (parabench.measure.memory."
                     "MEASURES); exit 0 when there is one, 3 when there is none (a new host kind: record its "
                     "baselines with tox -e record).")
     host.add_argument("--storage", default=STORAGE, help=f"where runs are stored (default {STORAGE}/)")
@@ -56,10 +56,10 @@ def parser() -> argparse.ArgumentParser:
 def host(args: argparse.Namespace) -> int:
     """``python -m parabench host``: 0 when this host kind has stored runs measured as now, 3 when the store has
     runs but none of this kind measured as now, 2 when it holds no run at all."""
-    from parabench.baselines import discover
-    from parabench.gate import measured_by
-    from parabench.keys import machine_kind, this_machine_kind
-    from parabench.measure import MEASURES
+    from parabench.gate.baselines import discover
+    from parabench.gate.judge import measured_by
+    from parabench.gate.keys import machine_kind, this_machine_kind
+    from parabench.measure.memory import MEASURES
 
     # The kind as the gate keys it: device, CPU model and the kernels torch runs (AVX2 forced on an AVX-512 host
     # is the AVX2 kind of that model).
@@ -84,9 +84,9 @@ def thresholds(args: argparse.Namespace) -> str:
     import io
     import statistics
 
-    from parabench.baselines import atomic_write, discover
-    from parabench.gate import time_judgeability
-    from parabench.policy import load_policy
+    from parabench.gate.baselines import atomic_write, discover
+    from parabench.gate.judge import time_judgeability
+    from parabench.gate.policy import load_policy
 
     names = None
     if args.select:

@@ -78,11 +78,11 @@ def _colossalai_file() -> Path:
 def _colossalai_build() -> None:
     import torch
 
-    from parabench.colossalai_cpu import ensure_cpu_patches
+    from parabench.upstream.colossalai_cpu import ensure_cpu_patches
 
     if torch.cuda.is_available():
         return  # with CUDA, ColossalAI builds its CUDA/x86 extension itself
-    # The x86 kernel needs CUDA headers; the plain C++ one builds (parabench/colossalai_cpu.py).
+    # The x86 kernel needs CUDA headers; the plain C++ one builds (parabench/upstream/colossalai_cpu.py).
     ensure_cpu_patches("cpu")
     from colossalai.kernel.kernel_loader import CPUAdamLoader
 
@@ -157,7 +157,7 @@ def build_in_subprocess(kernel: Kernel, device: str, timeout_s: float = 1200) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    from parabench.env import device_type
+    from parabench.runtime.env import device_type
 
     parser = argparse.ArgumentParser(prog="python -m parabench.kernels", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),

@@ -77,14 +77,14 @@ def process_gone(pid: int) -> bool:
 
 def dist_optimizer_parity(context, optimizer: str, layout: str, out_features: int, in_features: int,
                           steps: int) -> list[float]:
-    from parabench.optimizer_step import parity_on_ranks
+    from parabench.cases.optimizer_step import parity_on_ranks
 
     return parity_on_ranks(context, optimizer, layout, out_features, in_features, steps)
 
 
 def send_and_receive(context) -> list[tuple[str, tuple[int, ...]]]:
-    """Rank 0 sends two activations through ``parabench.pipeline``; rank 1 reports what arrived."""
-    from parabench.pipeline import recv, send
+    """Rank 0 sends two activations through ``parabench.strategies.pipeline``; rank 1 reports what arrived."""
+    from parabench.strategies.pipeline import recv, send
 
     if context.rank == 0:
         send(torch.ones(3, 5, 7, dtype=torch.bfloat16), 1)
@@ -103,10 +103,10 @@ def report_progress_between_waits(context, done: int, total: int, wait_s: float)
 
 
 def count_collectives(context) -> tuple[dict, int]:
-    """One of each kind of collective under ``parabench.costs``, plus a DDP step of a 2-layer model."""
+    """One of each kind of collective under ``parabench.measure.costs``, plus a DDP step of a 2-layer model."""
     from torch.distributed._functional_collectives import all_reduce as functional_all_reduce
 
-    from parabench.costs import CommCounter, step_costs
+    from parabench.measure.costs import CommCounter, step_costs
 
     alone = [dist.new_group([r]) for r in range(context.world_size)][context.rank]  # every rank makes every group
     counter = CommCounter()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from parabench.ab import PairedRule, compare_sides, rounds_needed
-from parabench.ab_side import BaseError, resolve
-from parabench.policy import load_policy
+from parabench.ab.paired import PairedRule, compare_sides, rounds_needed
+from parabench.ab.side import BaseError, resolve
+from parabench.gate.policy import load_policy
 from tests.test_end_to_end import outcome, pytest_run
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The paired A/B step-time verdict (parabench/ab.py): properties that must hold for any rounds."""
+"""The paired A/B step-time verdict (parabench/ab/paired.py): properties that must hold for any rounds."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parabench.ab import PairedRule, log_ratios, paired, session_verdicts
-from parabench.verdict import Verdict
+from parabench.ab.paired import PairedRule, log_ratios, paired, session_verdicts
+from parabench.gate.verdict import Verdict
 
 RULE = PairedRule()
 steps = st.floats(min_value=1e-4, max_value=10.0, allow_nan=False, allow_infinity=False)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from parabench.case import PRECISIONS, Case, shard_bounds, split_batch
+from parabench.cases.case import PRECISIONS, Case, shard_bounds, split_batch
 
 STRATEGY_NAMES = ["single", "torch-ddp", "torch-ddp-amp", "torch-zero", "torch-fsdp", "torch-fsdp1"]
 OPTIMIZER_NAMES = ["sgd", "adam", "adamw", "adafactor"]

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from parabench.checks import (PARITY, SPREAD_FACTOR, SPREAD_FLOOR, SPREAD_SPLITS, ConvergenceError, SpreadTolerance,
-                              Tolerance, assert_finite, assert_loss_decreases, assert_parity, first_divergence,
-                              max_abs_difference)
+from parabench.measure.checks import (
+    PARITY,
+    SPREAD_FACTOR,
+    SPREAD_FLOOR,
+    SPREAD_SPLITS,
+    ConvergenceError,
+    SpreadTolerance,
+    Tolerance,
+    assert_finite,
+    assert_loss_decreases,
+    assert_parity,
+    first_divergence,
+    max_abs_difference,
+)
 
 losses_st = st.floats(min_value=-100.0, max_value=100.0, allow_nan=False, allow_infinity=False)
 tolerances = st.builds(Tolerance, atol=st.floats(0.0, 1.0), rtol=st.floats(0.0, 0.5))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from parabench.clock import REPLAY_CLOCK, ReplayClock, replay
+from parabench.measure.clock import REPLAY_CLOCK, ReplayClock, replay
 
 pytest_plugins = ["pytester"]
 
@@ -16,7 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_MODULE = """
 import pytest
 
-from parabench.clock import REPLAY_CLOCK, replay
+from parabench.measure.clock import REPLAY_CLOCK, replay
 
 
 @pytest.mark.benchmark(timer=REPLAY_CLOCK)
@@ -59,8 +59,8 @@ def test_replayed_durations_become_the_benchmark_stats(pytester: pytest.Pytester
 CASE_MODULE = """
 import pytest
 
-from parabench.case import Case
-from parabench.clock import replay
+from parabench.cases.case import Case
+from parabench.measure.clock import replay
 
 
 @pytest.mark.benchmark(group="named_by_the_module")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from parabench.case import Case
-from parabench.matrix import cases, reference_of
-from parabench.optimizer_step import StepBench, parse_shape
-from parabench.patches import Patch, in_force
+from parabench.cases.case import Case
+from parabench.cases.matrix import cases, reference_of
+from parabench.cases.optimizer_step import StepBench, parse_shape
 from parabench.strategies import STRATEGIES
+from parabench.upstream.patches import Patch, in_force
 
 
 @pytest.mark.parametrize("strategy, options, message", [
@@ -31,9 +31,9 @@ def test_hybrid_needs_a_world_size_its_model_parallel_size_divides():
 
 
 def test_hybrid_data_parallel_rank_follows_the_plugins_mesh():
-    from parabench.strategies.base import RankContext
-
     import torch
+
+    from parabench.strategies.base import RankContext
 
     ranks = []
     for rank in range(4):
@@ -66,9 +66,9 @@ def test_fp16_plugins_hold_their_loss_scale_at_the_references(strategy, plugin, 
     import colossalai.booster.plugin
     import torch
 
-    from parabench.matrix import reference_of
-    from parabench.precision import FP16_LOSS_SCALE, StaticGradScaler
+    from parabench.cases.matrix import reference_of
     from parabench.strategies.base import RankContext
+    from parabench.strategies.precision import FP16_LOSS_SCALE, StaticGradScaler
 
     built = {}
     monkeypatch.setattr(colossalai.booster.plugin, plugin, lambda **kwargs: built.update(kwargs))
@@ -88,8 +88,8 @@ def test_fp16_plugins_hold_their_loss_scale_at_the_references(strategy, plugin, 
 def test_fp16_under_the_boosters_torch_amp_holds_the_references_scale():
     from types import SimpleNamespace
 
-    from parabench.precision import FP16_LOSS_SCALE, StaticGradScaler
     from parabench.strategies.colossalai_booster import hold_loss_scale
+    from parabench.strategies.precision import FP16_LOSS_SCALE, StaticGradScaler
 
     amp_optimizer = SimpleNamespace(scaler=object())  # as the booster's TorchAMPOptimizer holds its GradScaler
     hold_loss_scale(amp_optimizer)
@@ -118,8 +118,8 @@ from colossalai.zero.gemini.chunk.chunk import Chunk
 original = (Chunk.__dict__["device_type"], Chunk.close_chunk, Chunk.shard_move)
 cuda = sys.argv[1] == "cuda"  # the case's device
 torch.cuda.is_available = lambda: True  # on a host with a CUDA device (a CPU case: --bench-device=cpu)
-from parabench.colossalai_cpu import ensure_cpu_patches
-from parabench.patches import in_force
+from parabench.upstream.colossalai_cpu import ensure_cpu_patches
+from parabench.upstream.patches import in_force
 ensure_cpu_patches(torch.device(sys.argv[1]))
 now = (Chunk.__dict__["device_type"], Chunk.close_chunk, Chunk.shard_move)
 print("patched", [a is not b for a, b in zip(original, now)])
@@ -160,8 +160,8 @@ def test_gemini_cpu_patches_apply_to_a_cpu_case_only_on_a_host_with_cuda_too(dev
 
 
 def test_gemini_on_cpu_skips_only_what_needs_cuda():
-    from parabench.matrix import skip_reason
-    from parabench.requirements import Machine
+    from parabench.cases.matrix import skip_reason
+    from parabench.cases.requirements import Machine
 
     cpu = Machine(cuda_devices=0, max_cpu_world_size=4)
     gemini = [case for case in cases(["colossalai-gemini"], ["hybrid-adam"], ["gpt2-text"], precisions=["bf16"])]
@@ -181,7 +181,7 @@ def test_gemini_on_cpu_skips_only_what_needs_cuda():
 def test_a_colossalai_optimizer_applies_the_patches_of_its_parameters_device():
     import torch
 
-    from parabench.optimizers import device_of
+    from parabench.cases.optimizers import device_of
 
     weight, bias = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(2))
     assert device_of([weight, bias]) == torch.device("cpu")

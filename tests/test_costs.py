@@ -1,13 +1,13 @@
-"""parabench.costs: every collective's calls, bytes and bus bytes by the nccl-tests convention, and FLOPs."""
+"""parabench.measure.costs: every collective's calls, bytes and bus bytes by the nccl-tests convention, and FLOPs."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from parabench.costs import BUS_FACTOR, CommCounter, total
-from parabench.pool import PoolManager
-from parabench.verdict import BytesRule, Verdict, judge_comm
+from parabench.gate.verdict import BytesRule, Verdict, judge_comm
+from parabench.measure.costs import BUS_FACTOR, CommCounter, total
+from parabench.runtime.pool import PoolManager
 from tests import rank_tasks
 
 
@@ -94,7 +94,7 @@ def test_a_tensor_subclass_that_rewraps_its_results_is_counted():
 def test_the_profiler_records_cuda_kernels_for_a_cuda_case_only(monkeypatch):
     from torch.profiler import ProfilerActivity
 
-    from parabench.costs import profiler_activities
+    from parabench.measure.costs import profiler_activities
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU host; --bench-device=cpu runs CPU cases
     assert profiler_activities(torch.device("cpu")) == [ProfilerActivity.CPU]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import parabench.requirements as requirements_module
-from parabench import matrix
-from parabench.case import Case
-from parabench.relative import rows
-from parabench.requirements import Machine
+import parabench.cases.requirements as requirements_module
+from parabench.cases import matrix
+from parabench.cases.case import Case
+from parabench.cases.requirements import Machine
+from parabench.measure.relative import rows
 from parabench.strategies import STRATEGIES, RankContext
 
 CPU = Machine(cuda_devices=0, max_cpu_world_size=4)
@@ -53,7 +53,7 @@ def test_options_map_to_their_config_entries():
 def test_fp16_scales_its_loss_statically_at_its_references_scale(stage):
     from deepspeed.runtime.precision_config import get_float16_config
 
-    from parabench.precision import FP16_LOSS_SCALE, StaticGradScaler
+    from parabench.strategies.precision import FP16_LOSS_SCALE, StaticGradScaler
 
     fp16 = get_float16_config({"fp16": config(f"deepspeed-zero{stage}", "fp16", device="cuda")["fp16"]})
     assert fp16.enabled and fp16.loss_scale == FP16_LOSS_SCALE  # DeepSpeed's static scaler: loss_scale > 0

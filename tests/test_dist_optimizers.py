@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parabench.pool import PoolManager
-from parabench.requirements import package_available
+from parabench.cases.requirements import package_available
+from parabench.runtime.pool import PoolManager
 from tests import rank_tasks
 
 pytestmark = pytest.mark.skipif(not package_available("colossalai"),

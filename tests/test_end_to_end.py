@@ -98,7 +98,7 @@ def test_bench_run_checks_parity_stores_and_compares(tmp_path):
 def test_failing_cases_fail_with_the_rank_story_and_the_session_goes_on(tmp_path):
     directory = session_dir(tmp_path, """
         import pytest
-        from parabench.case import Case
+        from parabench.cases.case import Case
 
         CASES = [Case("torch-ddp", "sgd", "mlp-digits", 2, steps=6, options=(("inject", fault),))
                  for fault in ("raise", "hang", "die", "grow")] + [Case("torch-ddp", "sgd", "mlp-digits", 2, steps=6)]
@@ -118,7 +118,7 @@ def test_failing_cases_fail_with_the_rank_story_and_the_session_goes_on(tmp_path
     grow = out.split("injectgrow] _", 1)[-1][:4000]  # the grow case's own failure, for the message
     assert "rank 1 was killed: its resident memory reached" in out and "limit of 2.00 GiB" in out, grow
     assert "rank 1 raised InjectedFault: injected failure on rank 1 at step 1" in out
-    assert "parabench/inject.py" in out  # the rank's traceback
+    assert "parabench/gate/inject.py" in out  # the rank's traceback
     assert "timed out after" in out and "rank 1 still running after 30 s" in out
     assert "in before_step" in out  # rank 1's stack where it hangs
     assert elapsed < 200

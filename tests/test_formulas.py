@@ -1,4 +1,4 @@
-"""parabench.formulas and parabench.layouts: the ZeRO paper's per-rank model states, and the terms each framework's
+"""parabench.measure.formulas and parabench.measure.layouts: the ZeRO paper's per-rank model states, and the terms each framework's
 layout adds to them, held against hand-computed cases and against what the frameworks hold when they run now."""
 
 from __future__ import annotations
@@ -9,10 +9,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parabench import layouts
-from parabench.formulas import (FAMILIES, LAYOUT_RULES, Setting, deviations, expected_state, findings, paper_state,
-                                predicted_state)
-from parabench.layouts import ParameterShape
+from parabench.measure import layouts
+from parabench.measure.formulas import (
+    FAMILIES,
+    LAYOUT_RULES,
+    Setting,
+    deviations,
+    expected_state,
+    findings,
+    paper_state,
+    predicted_state,
+)
+from parabench.measure.layouts import ParameterShape
 
 PSI = 1_000_000
 
@@ -233,7 +241,7 @@ def _newest_measurements():
     """Per case, the newest committed baseline's measurement (every kernel kind): (name, info)."""
     from pathlib import Path
 
-    from parabench.baselines import discover, newest_by_name
+    from parabench.gate.baselines import discover, newest_by_name
 
     root = Path(__file__).resolve().parents[1] / "baselines"
     for name, entries in sorted(newest_by_name(discover(root)).items()):
@@ -246,7 +254,7 @@ def test_every_committed_measurement_is_within_one_percent_of_its_formula_with_t
     """The committed baselines' state per rank against the formulas as they stand: beyond 1 % of the paper's
     formula plus the computed terms is a finding (fix the formula or the measurement). A result stored by an older
     version of the measurement is held to the formula less what that version did not count (``measures``)."""
-    from parabench.formulas import predicted_for
+    from parabench.measure.formulas import predicted_for
 
     checked, found = 0, {}
     for name, info in _newest_measurements():
@@ -262,7 +270,7 @@ def test_every_committed_measurement_is_within_one_percent_of_its_formula_with_t
 
 
 def test_a_result_stored_before_a_term_was_measured_is_predicted_without_it():
-    from parabench.formulas import predicted_for
+    from parabench.measure.formulas import predicted_for
 
     info = {"parameters": PSI, "case": {"strategy": "torch-ddp", "optimizer": "adamw", "precision": "fp32",
                                         "world_size": 2}}
@@ -286,8 +294,8 @@ GEMINI_CASE = ("colossalai-gemini", "hybrid-adam", "vit-digits", "bf16")
 SESSION = """
     import json, os
     import pytest
-    from parabench.case import Case
-    from parabench.formulas import deviations, predicted_state
+    from parabench.cases.case import Case
+    from parabench.measure.formulas import deviations, predicted_state
 
     CASES = [Case(s, o, w, 2, precision=p, warmup_steps=1, steps=2) for s, o, w, p in {cases!r}]
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from parabench.baselines import BaselineError, atomic_write, discover, load_run
-from parabench.gate import compare
-from parabench.keys import machine_key, slug
-from parabench.policy import PolicyError, load_policy
-from parabench.result import RESULT_FORMAT
-from parabench.verdict import Verdict
+from parabench.gate.baselines import BaselineError, atomic_write, discover, load_run
+from parabench.gate.judge import compare
+from parabench.gate.keys import machine_key, slug
+from parabench.gate.policy import PolicyError, load_policy
+from parabench.gate.verdict import Verdict
+from parabench.measure.result import RESULT_FORMAT
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY = load_policy(REPO / "baselines" / "policy.toml")
@@ -327,7 +327,7 @@ def test_the_committed_policy_loads():
 def test_a_run_saved_while_another_session_takes_its_number_gets_the_next(tmp_path, monkeypatch):
     import logging
 
-    from parabench.baselines import atomic_storage_class
+    from parabench.gate.baselines import atomic_storage_class
 
     storage_class = atomic_storage_class()
     storage = storage_class(tmp_path, logging.getLogger("test"), "machine")
@@ -359,8 +359,8 @@ def test_a_peak_is_judged_against_the_span_of_the_stored_runs(tmp_path):
 
 
 def test_a_peak_tolerance_is_counted_from_the_lowest_stored_run_not_on_top_of_the_span():
-    from parabench.policy import BytesRule
-    from parabench.verdict import judge_bytes_range
+    from parabench.gate.policy import BytesRule
+    from parabench.gate.verdict import judge_bytes_range
 
     # ZeRO-3 with accumulation: runs of unchanged code took 12.465 or 14.216 MB, and 15 % is allowed. +30 % on
     # the lower value (16.204 MB) was within 15 % of the higher one, and passed.
@@ -540,7 +540,7 @@ def test_peaks_are_compared_highest_to_highest_since_which_rank_peaks_highest_ca
 
 
 def test_a_package_the_stored_run_did_not_record_is_not_a_version_change():
-    from parabench.gate import version_changes
+    from parabench.gate.judge import version_changes
 
     # Runs stored before versions were recorded by distribution name have no scikit-learn entry: their loss
     # curves must stay judged, not become "compared across versions".

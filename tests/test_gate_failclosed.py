@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from parabench.baselines import atomic_write, discover, newest_by_name
-from parabench.env import hardware
-from parabench.measure import MEASURES
+from parabench.gate.baselines import atomic_write, discover, newest_by_name
+from parabench.measure.memory import MEASURES
+from parabench.runtime.env import hardware
 from tests.test_end_to_end import outcome, pytest_run
 
 REPO = Path(__file__).resolve().parents[1]
 CASE = "deepspeed-zero3-adamw-gpt2_text-w2-fp32"
 SELECTION = ["bench/test_deepspeed.py", "-k", f"test_train and {CASE} and not (ga2 or ckpt or hpz2 or offload)"]
-# What a broken install looks like at the point where the suite decides (parabench.requirements), without
+# What a broken install looks like at the point where the suite decides (parabench.cases.requirements), without
 # uninstalling anything: the package is not found.
-HIDE = """import parabench.requirements as requirements
+HIDE = """import parabench.cases.requirements as requirements
 found = requirements.package_available
 requirements.package_available = lambda name: name != "deepspeed" and found(name)
 """
@@ -52,7 +52,7 @@ def test_a_case_skipped_for_a_missing_package_fails_the_gate_unless_excused_by_n
 
 
 # This host's bf16 measured slow, as on a contended or AVX2-only host of an AVX-512 key.
-SLOW_BF16 = """import parabench.hostspeed as hostspeed
+SLOW_BF16 = """import parabench.measure.hostspeed as hostspeed
 hostspeed.bf16_slowdown = lambda: 25.0
 """
 
@@ -86,10 +86,10 @@ def test_host_says_whether_this_kind_has_runs_measured_as_now(tmp_path, capsys):
 
 
 def test_the_committed_baselines_hold_runs_measured_as_this_version_measures():
-    """A change to a measurement bumps its version (parabench.measure.MEASURES) and must re-record: else CI's
+    """A change to a measurement bumps its version (parabench.measure.memory.MEASURES) and must re-record: else CI's
     ``python -m parabench host`` finds no run measured as now and excuses the memory checks of the very change
     that altered them."""
-    from parabench.gate import measured_by
+    from parabench.gate.judge import measured_by
 
     current = [str(run.path).rsplit("/", 1)[-1] for run in discover(REPO / "baselines")
                if any(all(measured_by(b["extra_info"], metric) == version for metric, version in MEASURES.items())
@@ -103,9 +103,9 @@ def test_a_case_the_stored_run_of_this_profile_measured_and_the_whole_suite_no_l
     import types
 
     import fixtures.gate as gate_fixture
-    from parabench.gate import compare
-    from parabench.keys import this_machine_kind
-    from parabench.policy import load_policy
+    from parabench.gate.judge import compare
+    from parabench.gate.keys import this_machine_kind
+    from parabench.gate.policy import load_policy
 
     storage = stored_here(tmp_path)
     path = next(storage.rglob("*.json"))

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from parabench.case import Case
+from parabench.cases.case import Case
+from parabench.cases.matrix import case_packages, skip_reason
+from parabench.cases.requirements import Machine
 from parabench.gpucheck import record, summary, wheels
 from parabench.gpucheck.families import FAMILIES, PRECISIONS, family_of
 from parabench.gpucheck.summary import Step
-from parabench.matrix import case_packages, skip_reason
-from parabench.requirements import Machine
 
 REPO = Path(__file__).resolve().parents[1]
 

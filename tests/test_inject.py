@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from parabench.inject import Perturbation
+from parabench.gate.inject import Perturbation
 
 
 def test_drift_moves_the_loss_further_from_the_reference_at_every_step():

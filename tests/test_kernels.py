@@ -7,9 +7,10 @@ from dataclasses import replace
 
 import pytest
 
-from parabench import env, kernels
+from parabench import kernels
+from parabench.cases.optimizers import OPTIMIZERS
 from parabench.kernels import CPU_KERNELS, CUDA_KERNELS, KERNELS, Kernel, main, needed_by
-from parabench.optimizers import OPTIMIZERS
+from parabench.runtime import env
 
 
 def test_every_kernel_names_optimizers_of_the_registry():

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from parabench.case import Case
-from parabench.inject import InjectedFault
-from parabench.known import (DRIFT_MARGIN, KNOWN_DEVIATIONS, Crash, Drift, KnownDeviation, Stall, drift_beyond,
-                             known_deviation)
-from parabench.launcher import MemoryLimitExceeded, TaskTimedOut, _failed
+from parabench.cases.case import Case
+from parabench.gate.inject import InjectedFault
+from parabench.runtime.launcher import MemoryLimitExceeded, TaskTimedOut, _failed
+from parabench.upstream.known import (
+    DRIFT_MARGIN,
+    KNOWN_DEVIATIONS,
+    Crash,
+    Drift,
+    KnownDeviation,
+    Stall,
+    drift_beyond,
+    known_deviation,
+)
 
 pytest_plugins = ["pytester"]
 
@@ -155,8 +162,8 @@ def test_only_the_cause_counts_not_a_peer_that_failed_after_it():
 
 SESSION = '''
 import pytest
-from parabench.checks import ConvergenceError, Tolerance, assert_parity, first_divergence
-from parabench.known import Crash, Drift, KnownDeviation
+from parabench.measure.checks import ConvergenceError, Tolerance, assert_parity, first_divergence
+from parabench.upstream.known import Crash, Drift, KnownDeviation
 
 DRIFT = Drift(0.01, 2, 6, "test")
 CRASH = Crash("TypeError", r"decoupled_weight_decay")
@@ -223,7 +230,7 @@ pytest_plugins = ["fixtures.known"]
 
 def pytest_collection_modifyitems(items):
     from fixtures.known import expect
-    from parabench.known import KnownDeviation
+    from parabench.upstream.known import KnownDeviation
     import test_session
 
     for item in items:

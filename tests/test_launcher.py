@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
-from parabench.launcher import RANK_VARIABLES, Launch, LaunchError, PeerLost, Peers, agree_on_report, detect
-from parabench.requirements import Machine, Requirements, unmet
+from parabench.cases.requirements import Machine, Requirements, unmet
+from parabench.runtime.launch import RANK_VARIABLES, Launch, LaunchError, detect
+from parabench.runtime.launcher import agree_on_report
+from parabench.runtime.peers import PeerLost, Peers
 from tests.test_end_to_end import REPO, session_dir
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
@@ -40,7 +42,7 @@ LAUNCHER_AROUND = {"RANK": "5", "LOCAL_RANK": "3", "WORLD_SIZE": "8", "LOCAL_WOR
 
 
 def test_a_spawned_rank_takes_its_own_place_not_the_launchers_around_it(monkeypatch):
-    from parabench.worker import WorkerConfig, claim_rank_variables
+    from parabench.runtime.worker import WorkerConfig, claim_rank_variables
 
     for name, value in LAUNCHER_AROUND.items():
         monkeypatch.setenv(name, value)
@@ -165,7 +167,7 @@ def test_a_rank_that_never_comes_is_named_and_the_launch_ends():
 
 def test_a_report_meets_a_task_that_then_does_not_start():
     """Rank 1 failed its test before the task rank 0 goes on to: both end at the same report, in step."""
-    from parabench.launcher import _LaunchedPool, task_tag
+    from parabench.runtime.launcher import _LaunchedPool, task_tag
 
     class Pools:  # what _LaunchedPool reads of its LaunchedPools
         def __init__(self, peers):
@@ -200,7 +202,7 @@ def test_ranks_at_different_tests_end_the_launch():
 SESSION = """
     import os
     import pytest
-    from parabench.case import Case
+    from parabench.cases.case import Case
 
     CASES = [Case("torch-ddp", "sgd", "mlp-digits", 2, steps=6), Case("single", "sgd", "mlp-digits", 1, steps=6),
              Case("torch-ddp", "sgd", "mlp-digits", 4, steps=6)]
@@ -301,7 +303,7 @@ def test_two_torchrun_nodes_run_the_same_ids_and_store_one_result_the_gate_reads
 
 FAULTS = """
     import pytest
-    from parabench.case import Case
+    from parabench.cases.case import Case
 
     CASES = [Case("torch-ddp", "sgd", "mlp-digits", 2, steps=6, options=(("inject", fault),))
              for fault in ("raise", "grow")] + [Case("torch-ddp", "sgd", "mlp-digits", 2, steps=6)]

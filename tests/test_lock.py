@@ -1,7 +1,7 @@
 """The locked environment (``requirements-lock.txt``): it pins what results depend on, and what runs is what it pins.
 
 A result is compared with baselines recorded under the same library versions (the machine key's ``versions``,
-``parabench.env``). A fresh install resolves to whatever is newest unless the lock pins it, so the lock must pin
+``parabench.runtime.env``). A fresh install resolves to whatever is newest unless the lock pins it, so the lock must pin
 every package the key tracks, the installed versions must be the lock's, and the committed baselines must have been
 recorded with the lock's versions; otherwise every comparison is across versions.
 """
@@ -23,9 +23,9 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib
 
-from parabench.baselines import discover
-from parabench.env import TRACKED_PACKAGES
-from parabench.optimizers import OPTIMIZERS
+from parabench.cases.optimizers import OPTIMIZERS
+from parabench.gate.baselines import discover
+from parabench.runtime.env import TRACKED_PACKAGES
 from parabench.strategies import STRATEGIES
 from parabench.workloads import WORKLOADS
 
@@ -74,7 +74,7 @@ def locked(lock_text: str, constraints_text: str) -> dict[str, str]:
 
 def tracked_packages() -> list[str]:
     """Every package a result's machine key records: the ones every case tracks, and each case's own packages
-    (its strategy's, optimizer's and workload's; ``parabench.matrix.case_packages``), as distribution names."""
+    (its strategy's, optimizer's and workload's; ``parabench.cases.matrix.case_packages``), as distribution names."""
     names = list(TRACKED_PACKAGES)
     for registry in (STRATEGIES, OPTIMIZERS, WORKLOADS):
         for entry in registry.names():
@@ -124,7 +124,7 @@ def lock_python(lock_text: str) -> str:
 def baseline_differences(root: Path, pinned: Mapping[str, str], python: str) -> list[str]:
     """One line per package whose version recorded in the newest stored run of each host kind (device, CPU model
     and kernels: ``keys.machine_kind``) differs from ``pinned`` (python: major.minor against the lock's target)."""
-    from parabench.keys import machine_kind
+    from parabench.gate.keys import machine_kind
 
     newest: dict[tuple, object] = {}
     for run in discover(root):  # oldest first: the last one of a kind is its newest
@@ -218,7 +218,7 @@ def test_a_baseline_recorded_with_other_versions_is_named():
 
 
 def test_a_result_records_the_versions_of_the_distributions_behind_import_names():
-    from parabench.env import versions
+    from parabench.runtime.env import versions
 
     found = versions(("sklearn", "PIL", "datasets", "no-such-package"))
     assert found["scikit-learn"] == importlib.metadata.version("scikit-learn")

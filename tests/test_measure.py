@@ -9,7 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parabench.measure import STATE_CATEGORIES, StepTimer, optimizer_state_tensors, profiled_peak_bytes, state_bytes
+from parabench.measure.memory import STATE_CATEGORIES, optimizer_state_tensors, profiled_peak_bytes, state_bytes
+from parabench.measure.timing import StepTimer
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.int64, torch.bool,
           torch.complex64, torch.uint8]
@@ -98,7 +99,7 @@ def test_non_tensors_and_none_are_ignored():
 def test_ddp_buckets_rebuilt_after_the_first_backward_are_the_ones_counted(monkeypatch):
     from torch.nn.parallel import DistributedDataParallel
 
-    from parabench.measure import ddp_buckets
+    from parabench.measure.memory import ddp_buckets
 
     # As two ranks log it (one rank never rebuilds): built as one bucket, rebuilt in gradient order as two
     logged = {"bucket_sizes": "6026040", "rebuilt_bucket_sizes": "2022040, 4004000", "has_rebuilt_buckets": 1,
@@ -117,7 +118,7 @@ def test_ddp_holds_its_reducer_buckets_beside_the_gradients(tmp_path):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from parabench.measure import Held, ddp_buckets
+    from parabench.measure.memory import Held, ddp_buckets
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
@@ -231,7 +232,7 @@ def test_step_timer_measures_a_trivial_step_as_positive():
 
 def test_rss_bytes():
     pytest.importorskip("psutil")
-    from parabench.measure import rss_bytes
+    from parabench.measure.memory import rss_bytes
 
     sizes = rss_bytes()
     assert sizes["rss"] > 0

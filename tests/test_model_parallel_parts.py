@@ -10,10 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parabench.case import Case
-from parabench.converge import Target, holdout_split
-from parabench.matrix import cases, reference_of
-from parabench.pipeline import balance, stage_slice
+from parabench.cases.case import Case
+from parabench.cases.matrix import cases, reference_of
+from parabench.measure.converge import Target, holdout_split
+from parabench.strategies.pipeline import balance, stage_slice
 
 
 def _layers(sizes: list[int]) -> list[torch.nn.Module]:
@@ -56,8 +56,8 @@ def test_activations_cross_ranks_with_their_dtype_and_shape(pools):
 
 def test_gpt2_rewritten_for_tensor_parallelism_computes_the_same_logits():
     """Conv1D → Linear and the fused q/k/v split into three: the model is the same function."""
-    from parabench.workloads.text import _as_linear, _SplitQKV
     from parabench.workloads import WORKLOADS
+    from parabench.workloads.text import _as_linear, _SplitQKV
 
     workload = WORKLOADS.get("gpt2-text")
     torch.manual_seed(0)
@@ -120,7 +120,7 @@ def test_bad_options_are_refused_at_collection(strategy, options, message):
 def test_the_fairscale_fsdp_shim_names_the_version_it_was_written_for(monkeypatch):
     import importlib.metadata
 
-    from parabench import fairscale_cpu
+    from parabench.upstream import fairscale_cpu
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.5.0")
@@ -131,9 +131,9 @@ def test_the_fairscale_fsdp_shim_names_the_version_it_was_written_for(monkeypatc
 def test_the_fairscale_cpu_shim_is_keyed_on_the_cases_device_not_the_hosts(monkeypatch):
     import importlib.metadata
 
-    from parabench import fairscale_cpu
-    from parabench.requirements import Machine, unmet
+    from parabench.cases.requirements import Machine, unmet
     from parabench.strategies import STRATEGIES
+    from parabench.upstream import fairscale_cpu
 
     class Recorded:
         def ensure(self) -> None:

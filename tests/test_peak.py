@@ -11,14 +11,14 @@ import pytest
 import torch
 from torch.profiler import record_function
 
-from parabench.baselines import load_run
-from parabench.case import Case
-from parabench.gate import compare
-from parabench.inject import Perturbation
-from parabench.measure import profiled_peak_bytes
-from parabench.policy import load_policy
-from parabench.result import CaseResult, RankResult
-from parabench.verdict import Verdict
+from parabench.cases.case import Case
+from parabench.gate.baselines import load_run
+from parabench.gate.inject import Perturbation
+from parabench.gate.judge import compare
+from parabench.gate.policy import load_policy
+from parabench.gate.verdict import Verdict
+from parabench.measure.memory import profiled_peak_bytes
+from parabench.measure.result import CaseResult, RankResult
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY = load_policy(REPO / "baselines" / "policy.toml")
@@ -74,7 +74,7 @@ def held_by_a_worker(tensor, group=None, async_op=False):
 def test_a_free_on_a_collectives_worker_thread_is_replayed_once_collectives_are_synchronous(monkeypatch):
     import torch.distributed as dist
 
-    from parabench.measure import synchronous_collectives
+    from parabench.measure.memory import synchronous_collectives
 
     monkeypatch.setattr(dist, "all_reduce", held_by_a_worker)
 
@@ -102,7 +102,7 @@ def test_a_free_on_a_collectives_worker_thread_is_replayed_once_collectives_are_
 def test_a_worker_that_holds_the_tensors_too_long_fails_the_measurement_and_nothing_stays_patched(monkeypatch):
     import torch.distributed as dist
 
-    import parabench.measure as measure
+    import parabench.measure.memory as measure
 
     monkeypatch.setattr(dist, "all_reduce", held_by_a_worker)
     monkeypatch.setattr(measure, "RELEASE_TIMEOUT_S", HOLD_S / 4)
@@ -120,7 +120,7 @@ def test_synchronous_collectives_reach_every_name_a_framework_calls_them_by(monk
     import torch.distributed as dist
     from torch.distributed import distributed_c10d
 
-    from parabench.measure import synchronous_collectives
+    from parabench.measure.memory import synchronous_collectives
 
     # DeepSpeed's backend keeps the all-gather and reduce-scatter it found when it started, and calls others
     # through torch.distributed.distributed_c10d
@@ -138,7 +138,7 @@ def test_synchronous_collectives_reach_every_name_a_framework_calls_them_by(monk
 def test_synchronous_collectives_hand_an_asynchronous_caller_a_completed_work(tmp_path):
     import torch.distributed as dist
 
-    from parabench.measure import synchronous_collectives
+    from parabench.measure.memory import synchronous_collectives
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
@@ -248,7 +248,7 @@ class FakeCudaAllocator:
 
 
 def test_a_cuda_peak_is_the_steps_rise_whatever_earlier_cases_left_in_the_rank(monkeypatch):
-    from parabench.measure import cuda_step_peak_bytes
+    from parabench.measure.memory import cuda_step_peak_bytes
 
     cuda = FakeCudaAllocator(monkeypatch)
     device = torch.device("cuda", 0)

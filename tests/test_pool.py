@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from parabench.pool import CaseTimeout, PoolManager, RankFailure, RankMemoryLimit, RankSkip
+from parabench.runtime.pool import CaseTimeout, PoolManager, RankFailure, RankMemoryLimit, RankSkip
 from tests import rank_tasks
 from tests.rank_tasks import process_gone as gone
 
@@ -142,7 +142,7 @@ def test_the_default_memory_limit_is_the_budget_over_the_ranks_of_the_case(monke
     --bench-rank-memory gives is every rank's, whatever the world size."""
     import psutil
 
-    import parabench.pool
+    import parabench.runtime.pool
     from fixtures.options import RANK_MEMORY_SHARE, BenchOptions
 
     total = 24 * 1024**3
@@ -157,7 +157,7 @@ def test_the_default_memory_limit_is_the_budget_over_the_ranks_of_the_case(monke
         def close(self) -> None:
             pass
 
-    monkeypatch.setattr(parabench.pool, "RankPool", Pool)
+    monkeypatch.setattr(parabench.runtime.pool, "RankPool", Pool)
     budget = int(RANK_MEMORY_SHARE * total)
     pools = PoolManager(rank_memory=BenchOptions.from_config(_Options(bench_max_ranks=4)).rank_memory)
     for world_size in (1, 2, 4):
@@ -191,11 +191,11 @@ torch.cuda.is_available = recording("is_available", False)
 torch.cuda.device_count = recording("device_count", 0)
 torch.cuda._lazy_init = recording("_lazy_init", None)
 torch.cuda.init = recording("init", None)
-import parabench.rank_imports
+import parabench.runtime.rank_imports
 print("calls:", json.dumps(calls))
 torch.cuda.is_initialized = lambda: True  # had an import initialised it
 try:
-    importlib.reload(parabench.rank_imports)
+    importlib.reload(parabench.runtime.rank_imports)
 except RuntimeError as error:
     print("refused:", error)
 """
@@ -229,7 +229,7 @@ def test_the_fork_server_never_initialises_cuda_and_refuses_to_fork_once_it_is()
 def test_a_cuda_rank_forked_after_cuda_was_touched_says_so(monkeypatch):
     import torch
 
-    from parabench import worker
+    from parabench.runtime import worker
 
     worker.require_cuda_forkable()  # this process has not forked after touching CUDA
     monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: True)

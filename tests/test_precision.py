@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from parabench import train
-from parabench.case import Case
-from parabench.precision import FP16_LOSS_SCALE, Autocast, StaticGradScaler, disable_tf32
+from parabench.cases.case import Case
+from parabench.runtime import train
 from parabench.strategies.base import RankContext
+from parabench.strategies.precision import FP16_LOSS_SCALE, Autocast, StaticGradScaler, disable_tf32
 
 
 def tf32_flags() -> tuple[bool, bool, str]:

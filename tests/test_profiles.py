@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from parabench.profiles import ProfileError, load_profiles, matches
+from parabench.cases.profiles import ProfileError, load_profiles, matches
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = load_profiles(REPO / "bench" / "profiles.toml")

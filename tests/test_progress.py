@@ -5,12 +5,19 @@ from __future__ import annotations
 import io
 import re
 
+from _pytest._io import TerminalWriter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _pytest._io import TerminalWriter
-from fixtures.progress import (FileProgress, Progress, RunningTest, TerminalProgress, status_line, step_text,
-                               terminal_status)
+from fixtures.progress import (
+    FileProgress,
+    Progress,
+    RunningTest,
+    TerminalProgress,
+    status_line,
+    step_text,
+    terminal_status,
+)
 
 CASE_ID = "torch-ddp-adamw-mlp_digits-w2-fp32"
 

@@ -5,9 +5,16 @@ from __future__ import annotations
 import pytest
 
 from parabench.__main__ import main
-from parabench.plugin_benchmark import PLUGINS, points
-from parabench.report.published import (compare_orders, differing_pairs, kendall_tau, load_published, memory_bytes,
-                                        order_text, places)
+from parabench.cases.plugin_benchmark import PLUGINS, points
+from parabench.report.published import (
+    compare_orders,
+    differing_pairs,
+    kendall_tau,
+    load_published,
+    memory_bytes,
+    order_text,
+    places,
+)
 from parabench.report.runs import ReportError
 from tests.test_report import case_benchmark, read_csv, write_run
 

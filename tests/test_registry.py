@@ -6,12 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import parabench.requirements as requirements_module
-from parabench import matrix
-from parabench.case import PRECISIONS, Case
-from parabench.optimizers import OPTIMIZERS, OptimizerSpec
-from parabench.registry import Registry, UnknownNameError
-from parabench.requirements import Machine, Requirements, unmet
+import parabench.cases.requirements as requirements_module
+from parabench.cases import matrix
+from parabench.cases.case import PRECISIONS, Case
+from parabench.cases.optimizers import OPTIMIZERS, OptimizerSpec
+from parabench.cases.registry import Registry, UnknownNameError
+from parabench.cases.requirements import Machine, Requirements, unmet
 from parabench.strategies import STRATEGIES
 from parabench.workloads import WORKLOADS, Workload
 

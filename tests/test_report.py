@@ -90,7 +90,7 @@ def test_the_newest_stored_run_renders(tmp_path):
     out = document.render(run, tmp_path / "report", steps=20)
     assert "(2 CPUs)" in (out / "report.md").read_text() and list(out.glob("*.csv"))
     # and the newest whole-profile run (a newer one may hold a few re-recorded cases) with its strategy tables
-    from parabench.baselines import discover
+    from parabench.gate.baselines import discover
 
     whole = [r for r in discover(REPO / "baselines") if len(r.benchmarks) >= 100][-1]
     out = document.render(load(whole.path), tmp_path / "whole", steps=20)
@@ -275,6 +275,6 @@ def test_the_costs_table_gives_each_deviation_from_the_papers_formula_its_comput
     text = (tmp_path / "out" / "report.md").read_text()
     assert "- torch-fsdp params +1.7% of the paper's formula; computed term: each parameter's dim 0 padded to a " \
         "multiple of N; after it +0.0%" in text
-    finding = "finding (beyond 1 % of the formula with its computed terms, parabench/formulas.py): "
+    finding = "finding (beyond 1 % of the formula with its computed terms, parabench/measure/formulas.py): "
     assert finding + "deepspeed-zero3-adamw-vit_digits-w2-fp32 optimizer +30.0%" in text
     assert "torch-ddp params" not in text and finding + "torch-ddp" not in text and finding + "torch-fsdp" not in text

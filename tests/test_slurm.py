@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from parabench.keys import key_differences, machine_key
-from parabench.launcher import detect
+from parabench.gate.keys import key_differences, machine_key
+from parabench.runtime.launch import detect
 
 RECORDED = Path(__file__).resolve().parent / "data" / "srun_ddp_result.json"
 
@@ -53,7 +53,8 @@ def test_an_srun_result_has_a_spawned_runs_machine_key():
 def test_a_launched_rank_that_pinned_itself_says_so():
     import os
 
-    from parabench.launcher import Launch, pin_launched_rank
+    from parabench.runtime.launch import Launch
+    from parabench.runtime.launcher import pin_launched_rank
 
     allowed = os.sched_getaffinity(0)
     if len(allowed) < 2:

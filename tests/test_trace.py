@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from parabench.case import Case
-from parabench.pool import PoolManager
-from parabench.trace import TraceRequest
-from parabench.train import run_case
+from parabench.cases.case import Case
+from parabench.measure.trace import TraceRequest
+from parabench.runtime.pool import PoolManager
+from parabench.runtime.train import run_case
 from tests.test_end_to_end import outcome, pytest_run
 
 CASE = Case("torch-ddp", "adamw", "mlp-digits", 2, steps=4)

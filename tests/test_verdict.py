@@ -8,9 +8,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parabench.known import DRIFT_MARGIN
-from parabench.verdict import (BytesRule, CurveRule, TimeRule, Verdict, judge_bytes, judge_bytes_range, judge_curve, judge_parity,
-                               judge_time)
+from parabench.gate.verdict import (
+    BytesRule,
+    CurveRule,
+    TimeRule,
+    Verdict,
+    judge_bytes,
+    judge_bytes_range,
+    judge_curve,
+    judge_parity,
+    judge_time,
+)
+from parabench.upstream.known import DRIFT_MARGIN
 
 RULE = TimeRule(threshold=0.10, alpha=0.01, min_samples=5)
 step_times = st.lists(st.floats(min_value=1e-3, max_value=1.0, allow_nan=False), min_size=5, max_size=40)
@@ -140,7 +149,7 @@ def test_parity_regresses_when_the_check_starts_to_fail_and_a_known_failure_stay
 
 
 def test_a_known_deviation_that_drifts_further_or_earlier_than_in_its_baseline_regresses():
-    # fairscale-sdp-adamw-gpt2_text-w2-fp32 as measured (parabench/known.py): 3.06e-2 from step 2.
+    # fairscale-sdp-adamw-gpt2_text-w2-fp32 as measured (parabench/upstream/known.py): 3.06e-2 from step 2.
     before = {"reference": "single-adamw-gpt2_text-w1-fp32", "atol": 1e-5, "rtol": 0.0,
               "max_abs_difference": 3.06e-2, "first_divergence": 2}
     within = {**before, "max_abs_difference": 3.06e-2 * (1 + DRIFT_MARGIN), "first_divergence": 3}

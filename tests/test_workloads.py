@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parabench.requirements import Machine, unmet
+from parabench.cases.requirements import Machine, unmet
 from parabench.workloads import WORKLOADS, step_indices
 from parabench.workloads.base import tensor_digest
 from parabench.workloads.digits import MlpDigits, VitDigits

@@ -1,7 +1,7 @@
 """Per case, rank and category: the state measured, the formula with its computed terms, and the paper's alone.
 
 Reads pytest-benchmark JSON files (``--benchmark-json``) and writes one CSV row per case, rank and category of
-every case that has a formula (``parabench.formulas.predicted_for``). Usage (from the repository root):
+every case that has a formula (``parabench.measure.formulas.predicted_for``). Usage (from the repository root):
 
     python3 docs/evidence/state_formulas_csv.py OUT.csv RUN.json [RUN.json …]
 """
@@ -12,7 +12,7 @@ import csv
 import json
 import sys
 
-from parabench.formulas import predicted_for
+from parabench.measure.formulas import predicted_for
 
 CATEGORIES = ("params", "grads", "optimizer", "master", "buffers", "total")
 

@@ -150,8 +150,8 @@ def collect(log: Log, out: Path, device: str, env: dict[str, str], extra: list[s
 
 def check_packages(selection: list[dict]) -> Step:
     """Every package the selected cases and the harness import is importable; the carried ones at their pins."""
-    from parabench.matrix import case_packages
-    from parabench.case import Case
+    from parabench.cases.case import Case
+    from parabench.cases.matrix import case_packages
 
     started = time.monotonic()
     needed = set(wheels.ON_THE_MACHINE)

@@ -1,7 +1,7 @@
 """The ranks' start-up, checked alone: the fork server's imports leave CUDA untouched, and a fork of it computes.
 
 ``python -m parabench.gpucheck.forkcheck --device cuda|cpu`` imports what the server that forks the ranks imports
-(``parabench.rank_imports``, which itself fails if CUDA was initialised), says whether CUDA is initialised after
+(``parabench.runtime.rank_imports``, which itself fails if CUDA was initialised), says whether CUDA is initialised after
 it (it must not be), then forks a child that starts CUDA (or computes on the CPU) and multiplies two matrices
 there. Exit 0 when both hold; otherwise the cause is printed.
 """
@@ -34,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), required=True)
     device = parser.parse_args(argv).device
-    import parabench.rank_imports  # noqa: F401 - raises if its imports initialised CUDA
     import torch
+
+    import parabench.runtime.rank_imports  # noqa: F401 - raises if its imports initialised CUDA
 
     if torch.cuda.is_initialized():
         print("forkcheck: CUDA is initialised after the fork server's imports: every forked rank would fail",

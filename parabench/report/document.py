@@ -75,7 +75,7 @@ def render(run: ReportRun, out: str | Path, base: ReportRun | None = None, steps
 
 
 def _policy(path: str | Path):
-    from parabench.policy import PolicyError, load_policy
+    from parabench.gate.policy import PolicyError, load_policy
 
     try:
         return load_policy(Path(path))
@@ -189,8 +189,8 @@ def _write(doc: Document, run: ReportRun, base: ReportRun | None, steps: int, po
 
 
 def _comparison(doc: Document, run: ReportRun, base: ReportRun, policy, source: str, judge_time: bool) -> None:
-    from parabench.baselines import StoredRun
-    from parabench.gate import compare
+    from parabench.gate.baselines import StoredRun
+    from parabench.gate.judge import compare
 
     report = compare(run.case_benchmarks(), [StoredRun(base.path, base.datetime, base.case_benchmarks())], policy,
                      judge_time=judge_time)

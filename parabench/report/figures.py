@@ -209,7 +209,7 @@ def comparison(path: Path, points: Sequence[tuple[str, float, float, str]], sour
 
 def bus_bytes(path: Path, title: str, records: Sequence[CaseRecord], source: str) -> None:
     """Per case, the bus bytes of one step on its busiest rank, stacked by collective."""
-    from parabench.costs import total
+    from parabench.measure.costs import total
 
     plt = _pyplot()
     counted = [r for r in records if r.info.get("comm")]
@@ -233,8 +233,9 @@ def bus_bytes(path: Path, title: str, records: Sequence[CaseRecord], source: str
 
 def scaling(path: Path, records: Sequence[CaseRecord], source: str) -> None:
     """State bytes and bus bytes per rank over world size N, measured points with the formulas drawn through them:
-    the ZeRO paper's model states (``parabench.formulas``), DDP's all-reduce 2(N−1)/N × 4Ψ and stage 3's 1.5× that."""
-    from parabench.costs import total
+    the ZeRO paper's model states (``parabench.measure.formulas``), DDP's all-reduce 2(N−1)/N × 4Ψ and stage 3's 1.5× that."""
+    from parabench.measure.costs import total
+    from parabench.measure.formulas import PAPER_COMM_FACTOR, paper_bus_bytes
 
     plt = _pyplot()
     fig, (state_ax, bus_ax) = plt.subplots(1, 2, figsize=(11, 4.6))
@@ -261,11 +262,9 @@ def scaling(path: Path, records: Sequence[CaseRecord], source: str) -> None:
             bus_ax.plot([r.world_size for r in moving], [max(total(c) for c in r.info["comm"]) / MB for r in moving],
                         label=label, **style)
             psi = points[0].info.get("parameters")
-            factor = {"torch-ddp": 1.0, "deepspeed-zero3": 1.5, "torch-fsdp": 1.5}.get(strategy)
-            if psi and factor:
+            if psi and strategy in PAPER_COMM_FACTOR:
                 ns = [r.world_size for r in moving]
-                bus_ax.plot(ns, [factor * 2 * (n - 1) / n * 4 * psi / MB for n in ns], ":", color=colour,
-                            linewidth=0.8)
+                bus_ax.plot(ns, [paper_bus_bytes(strategy, psi, n) / MB for n in ns], ":", color=colour, linewidth=0.8)
     state_ax.set_title("model state per rank (dashed: the formula)", fontsize=9)
     bus_ax.set_title("bus bytes per step, busiest rank (dotted: the ZeRO paper,\n"
                      "DDP 2(N−1)/N·4Ψ, stage 3 and FSDP 1.5× that)", fontsize=9)

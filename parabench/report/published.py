@@ -3,7 +3,7 @@
 The published figures (``published.toml``) were measured on 4 GPUs with a pretrained model; a run here may be on
 a CPU machine, on fewer ranks, in bf16 for fp16, with a model from its config. Their numbers do not compare; their
 order does: which plugin holds the most memory per rank, which the least. Ours is each case's high-water of its
-largest rank (state held plus the step's peak rise, ``parabench.result.high_water_bytes``), theirs the maximum
+largest rank (state held plus the step's peak rise, ``parabench.measure.result.high_water_bytes``), theirs the maximum
 memory per GPU; the table gives each plugin's place in both orders and whether they agree.
 """
 
@@ -14,14 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from parabench.plugin_benchmark import PLUGINS
+from parabench.cases.plugin_benchmark import PLUGINS
 from parabench.report.runs import CaseRecord, ReportError, ReportRun, machine
 from parabench.report.tables import MB, Table
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+from parabench.tomlfile import read_toml
 
 PUBLISHED = Path(__file__).with_name("published.toml")
 PUBLISHED_FORMAT = 1
@@ -68,8 +64,8 @@ def memory_bytes(text: str, base: int) -> float:
 def load_published(path: str | Path = PUBLISHED, name: str = "plugin_benchmark") -> PublishedBenchmark:
     """The published benchmark ``name`` of ``path``; a malformed file raises ReportError naming the key."""
     path = Path(path)
+    raw = read_toml(path, ReportError, "the published figures are missing; restore the file from git")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
         if raw.get("format") != PUBLISHED_FORMAT:
             raise ValueError(f"format {raw.get('format')!r} is not known; this version reads {PUBLISHED_FORMAT}")
         table = raw[name]
@@ -80,7 +76,7 @@ def load_published(path: str | Path = PUBLISHED, name: str = "plugin_benchmark")
             source=str(table["source"]), model=str(table["model"]), dataset=str(table["dataset"]),
             hardware=str(table["hardware"]), ranks=int(table["ranks"]), batch=str(table["batch"]),
             throughput=str(table["throughput"]), memory=str(table["memory"]), memory_unit_base=base, rows=rows)
-    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError) as error:
         what = f"no key {error}" if isinstance(error, KeyError) else str(error)
         raise ReportError(f"{path}: the published figures of {name!r} cannot be read ({what}); restore the file "
                           f"from git") from None

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from parabench.baselines import BaselineError, StoredRun, load_run
-from parabench.keys import hardware_name
-from parabench.result import high_water_bytes
+from parabench.gate.baselines import BaselineError, StoredRun, load_run
+from parabench.gate.keys import hardware_name
+from parabench.measure.result import high_water_bytes
 
 _NUMBER = re.compile(r"\d{1,4}")
 # What each kind of benchmark must hold for the report to read it (the result format's keys).
@@ -127,7 +127,7 @@ class CaseRecord:
 
     @property
     def high_water_bytes(self) -> list[int]:
-        """Per rank (see ``parabench.result.high_water_bytes``)."""
+        """Per rank (see ``parabench.measure.result.high_water_bytes``)."""
         return [high_water_bytes(state, peak)
                 for state, peak in zip(self.state_bytes, self.info["peak_allocated_bytes"])]
 

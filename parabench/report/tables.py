@@ -381,10 +381,10 @@ def _largest_rank(values: Sequence[Any] | None, key: Callable[[Any], float]) -> 
 
 
 def costs(title: str, records: Sequence[CaseRecord]) -> Table | None:
-    """What each strategy does per step (``parabench.costs``, ``parabench.formulas``): collectives, bus bytes
+    """What each strategy does per step (``parabench.measure.costs``, ``parabench.measure.formulas``): collectives, bus bytes
     (× DDP's on the same setting), matmul FLOPs (× DDP's) and state per rank, measured and by the formula."""
-    from parabench.costs import total
-    from parabench.formulas import expected_for
+    from parabench.measure.costs import total
+    from parabench.measure.formulas import expected_for
 
     counted = [r for r in records if r.info.get("comm")]
     if not counted:
@@ -414,9 +414,9 @@ def costs(title: str, records: Sequence[CaseRecord]) -> Table | None:
     table.notes += ["bus bytes: the nccl-tests convention (all-reduce 2(n−1)/n × size, all-gather and reduce-scatter "
                     "(n−1)/n × the whole buffer, broadcast 1×), on the rank that moves the most; the ZeRO paper "
                     "expects 1× DDP for stages 1–2 and 1.5× for stage 3",
-                    "FLOPs: matrix products and convolutions one step runs on a rank (parabench/costs.py); "
+                    "FLOPs: matrix products and convolutions one step runs on a rank (parabench/measure/costs.py); "
                     "6Ψ·tokens is the rule of thumb (8Ψ·tokens where checkpointing recomputes the forward)",
-                    "formula: parabench/formulas.py, the ZeRO paper's accounting plus the terms each framework's "
+                    "formula: parabench/measure/formulas.py, the ZeRO paper's accounting plus the terms each framework's "
                     "layout adds, computed from the model's parameter shapes (whole-tensor shards, padding, chunks, "
                     "buckets, copies); where the paper's formula is off by more than 1 % in a category, the term "
                     "and what remains after it are given below; what remains beyond 1 % is a finding"]
@@ -426,10 +426,10 @@ def costs(title: str, records: Sequence[CaseRecord]) -> Table | None:
 
 def _formula_deviations(records: Sequence[CaseRecord]) -> list[str]:
     """One note per strategy and category where the paper's formula is off by more than 1 %: the largest
-    deviation seen, the computed term that accounts for it (``parabench.formulas.predicted_state``) and the
+    deviation seen, the computed term that accounts for it (``parabench.measure.formulas.predicted_state``) and the
     largest deviation left after the terms; and one per case whose state is off its prediction by more than 1 %
     (a finding)."""
-    from parabench.formulas import deviations, findings, predicted_for
+    from parabench.measure.formulas import deviations, findings, predicted_for
 
     paper_off: dict[tuple[str, str], float] = {}
     left: dict[tuple[str, str], float] = {}
@@ -456,7 +456,7 @@ def _formula_deviations(records: Sequence[CaseRecord]) -> list[str]:
     notes = [f"{strategy} {category} {change:+.1%} of the paper's formula; computed term: "
              f"{terms.get((strategy, category), 'none')}; after it {left.get((strategy, category), change):+.1%}"
              for (strategy, category), change in sorted(paper_off.items()) if category != "total"]
-    notes += [f"finding (beyond 1 % of the formula with its computed terms, parabench/formulas.py): {label} "
+    notes += [f"finding (beyond 1 % of the formula with its computed terms, parabench/measure/formulas.py): {label} "
               + ", ".join(f"{category} {change:+.1%}" for category, change in off.items())
               for label, off in sorted(found.items())]
     return notes
@@ -465,7 +465,7 @@ def _formula_deviations(records: Sequence[CaseRecord]) -> list[str]:
 def scaling(run: ReportRun) -> Table | None:
     """The scaling module's cases (``bench/test_scaling.py``): per strategy and model size over world sizes N, what
     a rank holds against the formula, what it moves and computes per step, and its profiled peak."""
-    from parabench.costs import total
+    from parabench.measure.costs import total
 
     records = sorted((r for r in run.cases if r.test == "test_scaling" and r.info.get("state_bytes")),
                      key=lambda r: (r.strategy, r.info.get("parameters") or 0, r.world_size))
@@ -487,5 +487,5 @@ def scaling(run: ReportRun) -> Table | None:
                            max(r.info.get("flops") or [0]) or None, max(peaks) if peaks else None])
     table.notes += ["state × N stays flat where a strategy shards everything (ZeRO-3, FSDP) and grows with N where it "
                     "replicates (DDP); bus bytes: the busiest rank, nccl-tests convention",
-                    "formula: parabench/formulas.py; the figure draws it over the measured points"]
+                    "formula: parabench/measure/formulas.py; the figure draws it over the measured points"]
     return table

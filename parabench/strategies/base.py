@@ -11,9 +11,9 @@ from typing import Callable, ClassVar, Iterable, Mapping
 import torch
 import torch.distributed as dist
 
-from parabench.optimizers import OptimizerSpec
-from parabench.precision import Autocast
-from parabench.requirements import Requirements
+from parabench.cases.optimizers import OptimizerSpec
+from parabench.cases.requirements import Requirements
+from parabench.strategies.precision import Autocast
 from parabench.workloads import Batch, Workload
 
 LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
@@ -140,7 +140,7 @@ class Strategy(ABC):
         return total.item() / self.context.world_size
 
     def count_correct(self, workload: Workload, batch: Batch) -> tuple[float, float]:
-        """(correct, counted) predictions on ``batch``, this rank's share (see ``parabench.converge``)."""
+        """(correct, counted) predictions on ``batch``, this rank's share (see ``parabench.measure.converge``)."""
         with self.forward_context():
             accuracy = workload.accuracy(self.model, batch)
         if accuracy is None:
@@ -149,8 +149,8 @@ class Strategy(ABC):
         return accuracy * count, float(count)
 
     def state_tensors(self) -> dict[str, Iterable[object]]:
-        """The tensors this rank holds, by category (see ``parabench.measure.state_bytes``)."""
-        from parabench.measure import optimizer_state_tensors
+        """The tensors this rank holds, by category (see ``parabench.measure.memory.state_bytes``)."""
+        from parabench.measure.memory import optimizer_state_tensors
 
         params = list(self.model.parameters())
         return {"params": params, "grads": [p.grad for p in params],

@@ -2,7 +2,7 @@
 
 Every strategy builds its plugin, hands model and optimizer to ``Booster.boost`` and trains through the
 booster's ``backward`` (and ``execute_pipeline`` when the hybrid plugin pipelines). A case on the CPU first
-applies ``parabench.colossalai_cpu``'s patches in its ranks (recorded in the result).
+applies ``parabench.upstream.colossalai_cpu``'s patches in its ranks (recorded in the result).
 
 Case options, as they read in ids:
 
@@ -21,13 +21,13 @@ from typing import Any, ClassVar, Iterable, Mapping
 import torch
 import torch.distributed as dist
 
-from parabench.measure import optimizer_state_tensors
-from parabench.optimizers import OptimizerSpec
-from parabench.precision import FP16_LOSS_SCALE, StaticGradScaler, dtype_of
-from parabench.requirements import Requirements
+from parabench.cases.optimizers import OptimizerSpec
+from parabench.cases.requirements import Requirements
+from parabench.measure.memory import optimizer_state_tensors
 from parabench.strategies.base import LossFn, Strategy, block_classes
 from parabench.strategies.options import check_integer, check_known
-from parabench.workloads import Batch, Workload
+from parabench.strategies.precision import FP16_LOSS_SCALE, StaticGradScaler, dtype_of
+from parabench.workloads import Batch, Workload, concatenated
 
 
 class ColossalAIBooster(Strategy):
@@ -51,7 +51,7 @@ class ColossalAIBooster(Strategy):
     def setup(self, model: torch.nn.Module, optimizer: OptimizerSpec, workload: Workload) -> None:
         from colossalai.booster import Booster
 
-        from parabench.colossalai_cpu import ensure_cpu_patches
+        from parabench.upstream.colossalai_cpu import ensure_cpu_patches
 
         ensure_cpu_patches(self.context.device)
         self.workload = workload
@@ -221,7 +221,7 @@ class ColossalAIGemini(ColossalAIBooster):
 
     @classmethod
     def requirements(cls, precision: str, options: Mapping[str, object] = ()) -> Requirements:
-        """On CPU (``parabench.colossalai_cpu``'s Gemini patches) static placement with nothing offloaded runs;
+        """On CPU (``parabench.upstream.colossalai_cpu``'s Gemini patches) static placement with nothing offloaded runs;
         ``auto`` placement and the offload fractions need a CUDA device."""
         options = dict(options)
         needs = super().requirements(precision, options)
@@ -349,7 +349,7 @@ class ColossalAIHybrid(ColossalAIBooster):
         if self.sizes[1] == 1:
             # Shardformer's forwards take the model's own keyword inputs (GPT-2's needs its attention mask).
             return super().train_step(micro_batches, self._loss)
-        whole = {key: torch.cat([batch[key] for batch in micro_batches]) for key in micro_batches[0]}
+        whole = concatenated(micro_batches)
         inputs = self.workload.model_inputs(whole)
         self.optimizer.zero_grad()
         out = self.booster.execute_pipeline(iter([inputs]), self.model, self.workload.loss_of_outputs,

@@ -21,13 +21,13 @@ from typing import Any, ClassVar, Iterable, Mapping
 
 import torch
 
-from parabench.measure import optimizer_state_tensors
-from parabench.optimizers import OptimizerSpec
-from parabench.precision import FP16_LOSS_SCALE, dtype_of
-from parabench.requirements import Requirements
+from parabench.cases.optimizers import OptimizerSpec
+from parabench.cases.requirements import Requirements
+from parabench.measure.memory import optimizer_state_tensors
 from parabench.strategies.base import LossFn, RankContext, Strategy
 from parabench.strategies.options import Chunked, check_integer, check_known
-from parabench.workloads import Batch, Workload
+from parabench.strategies.precision import FP16_LOSS_SCALE, dtype_of
+from parabench.workloads import Batch, Workload, concatenated
 
 # The ZeRO++ quantizers are CUDA kernels (DeepSpeed's QuantizerBuilder); they fail to build on CPU.
 _CUDA_ONLY_OPTIONS = {"qw": "ZeRO++ quantized weights", "qg": "ZeRO++ quantized gradients"}
@@ -177,7 +177,7 @@ class DeepSpeedZero(Strategy):
         master = [p for group in base.param_groups for p in group["params"]]
         # ZeRO-3 empties the optimizer's param_groups after each step (it puts each sub-group's fp32 partition in
         # for its step only): its fp32 partitions are read from the optimizer itself. In fp32 too they are their own
-        # storage (DeepSpeed 0.19.8 copies them; parabench.formulas, deepspeed-zero3), 4Ψ/N a rank; a partition that
+        # storage (DeepSpeed 0.19.8 copies them; parabench.measure.formulas, deepspeed-zero3), 4Ψ/N a rank; a partition that
         # were the parameters' own storage would be counted once, among params (state_bytes dedupes storages)
         master.extend(getattr(self.engine.optimizer, "fp32_partitioned_groups_flat", ()))
         grads: list[object] = [p.grad for p in params] + [p.grad for p in master]
@@ -266,7 +266,7 @@ class DeepSpeedPipe(Chunked, DeepSpeedZero):
         self.optimizer = self.engine.optimizer
 
     def train_step(self, micro_batches: list[Batch], loss_fn: LossFn) -> torch.Tensor:
-        whole = {key: torch.cat([b[key] for b in micro_batches]) for key in micro_batches[0]}
+        whole = concatenated(micro_batches)
         size = self.micro_batch
         chunks = [self.workload.pipeline_io(self.cast_inputs({k: v[i * size:(i + 1) * size] for k, v in whole.items()}))
                   for i in range(self.chunks)]

@@ -7,9 +7,9 @@ from typing import Iterable, Mapping
 
 import torch
 
-from parabench.measure import optimizer_state_tensors
-from parabench.optimizers import OptimizerSpec
-from parabench.requirements import Requirements
+from parabench.cases.optimizers import OptimizerSpec
+from parabench.cases.requirements import Requirements
+from parabench.measure.memory import optimizer_state_tensors
 from parabench.strategies.base import LossFn, Strategy, block_classes
 from parabench.strategies.options import Chunked, check_integer, check_known
 from parabench.strategies.torch_native import TorchDDP
@@ -71,7 +71,7 @@ class FairscaleSDP(FairscaleOSS):
 class FairscaleFSDP(Strategy):
     """fairscale's ``FullyShardedDataParallel``: each workload block, then the root, flattened and sharded.
 
-    It needs CUDA streams; a CPU case runs through the patches in ``parabench.fairscale_cpu``.
+    It needs CUDA streams; a CPU case runs through the patches in ``parabench.upstream.fairscale_cpu``.
     """
 
     name = "fairscale-fsdp"
@@ -80,14 +80,14 @@ class FairscaleFSDP(Strategy):
 
     @classmethod
     def requirements(cls, precision: str, options: Mapping[str, object] = ()) -> Requirements:
-        from parabench.fairscale_cpu import shim_unavailable
+        from parabench.upstream.fairscale_cpu import shim_unavailable
 
         return super().requirements(precision, options) + Requirements(cpu_probes=(shim_unavailable,))
 
     def setup(self, model: torch.nn.Module, optimizer: OptimizerSpec, workload: Workload) -> None:
         from fairscale.nn import FullyShardedDataParallel, auto_wrap, enable_wrap
 
-        from parabench.fairscale_cpu import ensure_cpu_shim
+        from parabench.upstream.fairscale_cpu import ensure_cpu_shim
 
         ensure_cpu_shim(self.context.device)
         blocks = tuple(block_classes(model, workload.block_types))
@@ -127,7 +127,7 @@ class FairscalePipe(Chunked, Strategy):
     def setup(self, model: torch.nn.Module, optimizer: OptimizerSpec, workload: Workload) -> None:
         from fairscale.nn import Pipe
 
-        from parabench.pipeline import balance
+        from parabench.strategies.pipeline import balance
 
         layers = workload.pipeline_layers(model)
         lengths = balance(layers, int(self.options.get("stages", 2)))

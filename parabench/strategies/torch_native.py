@@ -8,11 +8,11 @@ from typing import Iterable
 
 import torch
 
-from parabench.measure import optimizer_state_tensors
-from parabench.optimizers import OptimizerSpec
-from parabench.precision import dtype_of
-from parabench.requirements import Requirements
+from parabench.cases.optimizers import OptimizerSpec
+from parabench.cases.requirements import Requirements
+from parabench.measure.memory import optimizer_state_tensors
 from parabench.strategies.base import Strategy, block_classes
+from parabench.strategies.precision import dtype_of
 from parabench.workloads import Workload
 
 

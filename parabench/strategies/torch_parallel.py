@@ -2,7 +2,7 @@
 
 None of these splits the batch: every rank sees the whole global batch. Tensor parallelism shards
 the workload's linear layers (``Workload.tensor_parallel``); the staged strategies cut the workload's
-``pipeline_layers`` into one stage per rank, balanced by parameter count (``parabench.pipeline``).
+``pipeline_layers`` into one stage per rank, balanced by parameter count (``parabench.strategies.pipeline``).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import ClassVar
 import torch
 import torch.distributed as dist
 
-from parabench.optimizers import OptimizerSpec
+from parabench.cases.optimizers import OptimizerSpec
 from parabench.strategies.base import LossFn, Strategy
 from parabench.strategies.options import Chunked
-from parabench.workloads import Batch, Workload
+from parabench.workloads import Batch, Workload, concatenated
 
 
 class TorchTP(Strategy):
@@ -55,7 +55,7 @@ class _Staged(Strategy):
         return self.context.rank == self.context.world_size - 1
 
     def setup(self, model: torch.nn.Module, optimizer: OptimizerSpec, workload: Workload) -> None:
-        from parabench.pipeline import balance, stage_slice
+        from parabench.strategies.pipeline import balance, stage_slice
 
         layers = workload.pipeline_layers(model)
         lengths = balance(layers, self.context.world_size)
@@ -65,7 +65,7 @@ class _Staged(Strategy):
 
     def count_correct(self, workload: Workload, batch: Batch) -> tuple[float, float]:
         """Forward only, stage by stage; the last stage counts, the others count nothing."""
-        from parabench.pipeline import recv, send
+        from parabench.strategies.pipeline import recv, send
 
         inputs, labels = workload.pipeline_io(batch)
         rank, device = self.context.rank, self.context.device
@@ -89,7 +89,7 @@ class TorchMP(_Staged):
     name = "torch-mp"
 
     def train_step(self, micro_batches: list[Batch], loss_fn: LossFn) -> torch.Tensor:
-        from parabench.pipeline import recv, send
+        from parabench.strategies.pipeline import recv, send
 
         rank, device = self.context.rank, self.context.device
         self.optimizer.zero_grad(set_to_none=True)
@@ -141,7 +141,7 @@ class _Scheduled(Chunked, _Staged):
                                                          loss_fn=workload.pipeline_loss, scale_grads=True)
 
     def train_step(self, micro_batches: list[Batch], loss_fn: LossFn) -> torch.Tensor:
-        whole = {key: torch.cat([batch[key] for batch in micro_batches]) for key in micro_batches[0]}
+        whole = concatenated(micro_batches)
         inputs, labels = self.workload.pipeline_io(whole)
         self.optimizer.zero_grad(set_to_none=True)
         losses: list[torch.Tensor] = []

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from parabench.requirements import Requirements
+from parabench.cases.requirements import Requirements
 
 Batch = dict[str, torch.Tensor]
 
@@ -18,7 +18,7 @@ class Workload(ABC):
     """A model and its data. Subclasses are registered in ``parabench.workloads``.
 
     Every rank builds the same model from the same seed and sees the same global batch
-    at every step; each rank then takes its own slice (see ``parabench.train``).
+    at every step; each rank then takes its own slice (see ``parabench.runtime.train``).
     """
 
     name: str
@@ -88,6 +88,11 @@ class Workload(ABC):
         """A hash of data and model configuration: results with different fingerprints are not comparable."""
         blob = json.dumps(self.describe(), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def concatenated(batches: list[Batch]) -> Batch:
+    """Micro-batches as one batch, in order (a strategy that splits a step its own way, e.g. a pipeline's chunks)."""
+    return {key: torch.cat([batch[key] for batch in batches]) for key in batches[0]}
 
 
 def step_indices(step: int, global_batch: int, num_examples: int, seed: int) -> torch.Tensor:

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import torch
 import torch.nn.functional as F
 
-from parabench.requirements import Requirements
+from parabench.cases.requirements import Requirements
 from parabench.workloads.base import Batch, Workload
 
 MODEL_ID = "google/vit-base-patch16-224"

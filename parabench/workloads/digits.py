@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from parabench.requirements import Requirements
+from parabench.cases.requirements import Requirements
 from parabench.workloads.base import Batch, TensorWorkload
 
 

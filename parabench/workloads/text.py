@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from parabench.requirements import Requirements
+from parabench.cases.requirements import Requirements
 from parabench.workloads.base import Batch, TensorWorkload
 
 # Plain-text files present in every CPython installation's standard library.

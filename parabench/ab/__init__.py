@@ -1,0 +1,1 @@
+"""A/B in one session: base and head side by side, judged on paired rounds."""

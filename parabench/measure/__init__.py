@@ -1,0 +1,1 @@
+"""Measurements: memory, costs, correctness checks, timing, and the formulas they are held against."""

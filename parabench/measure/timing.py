@@ -1,0 +1,28 @@
+"""Step timing: a step's wall time with the device drained before and after it."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (CUDA runs asynchronously; a CPU's work is done when it returns)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class StepTimer:
+    """Wall time of one step, with the device drained before and after."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def time(self, step: Callable[[], object]) -> tuple[object, float]:
+        synchronize(self.device)
+        start = time.perf_counter()
+        out = step()
+        synchronize(self.device)
+        return out, time.perf_counter() - start

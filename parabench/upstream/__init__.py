@@ -1,0 +1,1 @@
+"""Upstream packages as they are: run-time patches for CPU machines, and known deviations."""
