@@ -22,13 +22,26 @@ import time
 import traceback
 
 
+def _module(name):
+    """``parabench.<package>.<module>``, or where a base tree from before the subpackages kept it,
+    ``parabench.<module>``: a base revision of either layout runs under this server."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name is None or not name.startswith(error.name) or error.name.count(".") < 1:
+            raise
+        return importlib.import_module("parabench." + name.rsplit(".", 1)[1])
+
+
 def _answer(out, message) -> None:
     out.write(json.dumps(message) + "\n")
     out.flush()
 
 
 def _case(data):
-    from parabench.cases.case import Case
+    Case = _module("parabench.cases.case").Case
 
     fields = dict(data)
     wanted = fields.pop("id", None)
@@ -40,7 +53,7 @@ def _case(data):
 
 def _unknown(case) -> str | None:
     """Why the base tree does not know ``case`` (a strategy, optimizer or workload added since), or None."""
-    from parabench.cases.optimizers import OPTIMIZERS
+    OPTIMIZERS = _module("parabench.cases.optimizers").OPTIMIZERS
     from parabench.strategies import STRATEGIES
     from parabench.workloads import WORKLOADS
 
@@ -56,7 +69,7 @@ def _unknown(case) -> str | None:
 def _missing_packages(case) -> list[str]:
     import importlib.util
 
-    from parabench.cases.matrix import case_packages
+    case_packages = _module("parabench.cases.matrix").case_packages
 
     missing = []
     for name in case_packages(case):  # import names (sklearn, not scikit-learn)
@@ -69,7 +82,7 @@ def _missing_packages(case) -> list[str]:
 
 
 def serve(requests, out, device: str, backend: str, threads: int, pin: bool, rank_memory) -> None:
-    from parabench.runtime.pool import PoolManager
+    PoolManager = _module("parabench.runtime.pool").PoolManager
 
     manager = PoolManager(device_type=device, backend=backend, threads=threads, pin=pin, rank_memory=rank_memory)
     try:
@@ -90,10 +103,12 @@ def handle(request: dict, manager, device: str, backend: str, threads: int) -> d
     """One request's answer (see the module's docstring)."""
     from dataclasses import asdict
 
-    from parabench.cases.matrix import case_packages
-    from parabench.runtime.env import hardware, versions
-    from parabench.runtime.pool import RankFailure, RankSkip
-    from parabench.runtime.train import run_case
+    case_packages = _module("parabench.cases.matrix").case_packages
+    hardware = _module("parabench.runtime.env").hardware
+    versions = _module("parabench.runtime.env").versions
+    RankFailure = _module("parabench.runtime.pool").RankFailure
+    RankSkip = _module("parabench.runtime.pool").RankSkip
+    run_case = _module("parabench.runtime.train").run_case
     from parabench.strategies import STRATEGIES
 
     op = request["op"]
@@ -118,7 +133,7 @@ def handle(request: dict, manager, device: str, backend: str, threads: int) -> d
     case = _case(request["case"])
     perturbation = None
     if request.get("perturbation"):
-        from parabench.gate.inject import Perturbation
+        Perturbation = _module("parabench.gate.inject").Perturbation
 
         perturbation = Perturbation.parse(request["perturbation"])
     pool = manager.get(case.world_size, STRATEGIES.get(case.strategy).family)
@@ -152,10 +167,11 @@ def main(requests_fd: int, answers_fd: int, settings: dict) -> None:
 
         # What every rank of this side imports (its pools' fork server preloads it): a framework that does not
         # import in this environment is a usage error now, not a failure of the first case.
-        import parabench.runtime.rank_imports  # noqa: F401
-        from parabench.runtime.env import hardware, versions
-        from parabench.runtime.pool import PoolManager  # noqa: F401  (fails early on a tree without it)
-        from parabench.runtime.train import run_case  # noqa: F401
+        _module("parabench.runtime.rank_imports")
+        hardware = _module("parabench.runtime.env").hardware
+        versions = _module("parabench.runtime.env").versions
+        for name, needed in (("parabench.runtime.pool", "PoolManager"), ("parabench.runtime.train", "run_case")):
+            getattr(_module(name), needed)  # fails early on a tree without it
 
         tree = os.path.realpath(settings["tree"])
         found = os.path.realpath(os.path.dirname(os.path.dirname(parabench.__file__)))
@@ -167,7 +183,7 @@ def main(requests_fd: int, answers_fd: int, settings: dict) -> None:
     except BaseException as error:  # the head side turns this into a usage error naming the fix
         _answer(out, {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
         return
-    from parabench.runtime.pool import RankMemoryLimit
+    RankMemoryLimit = _module("parabench.runtime.pool").RankMemoryLimit
 
     # A head from before limits per world size sends only the one number it gave every pool.
     rank_memory = (RankMemoryLimit(**settings["rank_memory"]) if "rank_memory" in settings
