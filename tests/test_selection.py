@@ -45,7 +45,7 @@ def test_the_stored_runs_of_the_step_table_name_cases_the_optimizers_name_select
     test_seconds that --collect-only's estimate reads) is a case its optimizer's name selects, by the same node id."""
     import json
 
-    from parabench.baselines import discover
+    from parabench.gate.baselines import discover
 
     runs = discover(REPO / "baselines")
     stored = {bench["fullname"] for run in runs for bench in run.others if "::test_step[" in bench["fullname"]}
