@@ -16,7 +16,7 @@ from parabench.runtime.pool import PoolManager
 from tests import rank_tasks
 
 pytestmark = pytest.mark.skipif(not package_available("colossalai"),
-                                reason="needs the package 'colossalai' (README, Set-up)")
+                                reason="needs the package 'colossalai' (docs/getting-started.md, 'Set-up')")
 
 WORLD_SIZE = 2
 FP32_TOLERANCE = 1e-5

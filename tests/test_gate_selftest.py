@@ -72,7 +72,7 @@ def test_one_percent_more_memory_is_flagged_in_state_and_peak(store, tmp_path):
     assert result.returncode == 1, outcome(result)
 
 
-# bf16 cases are judged against their reference's measured spread (README, "What a case measures"): loose
+# bf16 cases are judged against their reference's measured spread (docs/measures.md, "Convergence and parity"): loose
 # enough for any kernel kind's rounding, and still to catch these breaks, in an autocast strategy and in one
 # that steps fp32 master weights (DeepSpeed ZeRO-2). They run in the same sessions, with no baseline.
 BF16 = ("torch-ddp-amp-sgd-mlp_digits-w2-bf16", "deepspeed-zero2-sgd-mlp_digits-w2-bf16")

@@ -93,4 +93,4 @@ def test_the_command_reports_a_build_that_failed(monkeypatch, capsys, tmp_path):
     ok = Kernel("fake", "a fake op", "pytest", ("adamw",), lambda: tmp_path / "fake.so", lambda: None)
     monkeypatch.setitem(KERNELS, "cpu", (ok,))
     assert main(["fake"]) == 0
-    assert f"fake: a fake op built in " in capsys.readouterr().out
+    assert "fake: a fake op built in " in capsys.readouterr().out

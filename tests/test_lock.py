@@ -34,10 +34,10 @@ LOCK = REPO / "requirements-lock.txt"
 CONSTRAINTS = REPO / "constraints.txt"
 PYPROJECT = REPO / "pyproject.toml"
 BASELINES = REPO / "baselines"
-CI_EXTRAS = ("test", "report", "deepspeed", "colossalai", "fairscale")  # the extras .ci/run installs
+CI_EXTRAS = ("test", "report", "deepspeed", "colossalai", "fairscale", "docs", "lint")  # the extras .ci/run installs
 INSTALL = ('DS_BUILD_OPS=0 python3 -m pip install -c constraints.txt -c requirements-lock.txt '
            '-e ".[test,report,deepspeed,colossalai,fairscale]"')
-REFRESH = "README, 'Locked versions'"
+REFRESH = "docs/getting-started.md, 'Locked versions'"
 
 
 def pins(text: str, source: str) -> dict[str, str]:

@@ -74,8 +74,6 @@ def held_by_a_worker(tensor, group=None, async_op=False):
 def test_a_free_on_a_collectives_worker_thread_is_replayed_once_collectives_are_synchronous(monkeypatch):
     import torch.distributed as dist
 
-    from parabench.measure.memory import synchronous_collectives
-
     monkeypatch.setattr(dist, "all_reduce", held_by_a_worker)
 
     def step():

@@ -70,7 +70,7 @@ def package_available(name: str) -> bool:
 _INSTALL_HINT = {
     "deepspeed": "pip install -c constraints.txt -e '.[deepspeed]'",
     "colossalai": "pip install -c constraints.txt -e '.[colossalai]' and then "
-                  "pip install --no-deps -c constraints.txt colossalai galore-torch bitsandbytes (README, Set-up)",
+                  "pip install --no-deps -c constraints.txt colossalai galore-torch bitsandbytes (docs/getting-started.md, 'Set-up')",
     "fairscale": "pip install -c constraints.txt -e '.[fairscale]'",
 }
 

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 from parabench.measure.result import RESULT_FORMAT
 
 SAVE_ATTEMPTS = 20  # run numbers tried when other sessions save into the same folder at the same time
-RECORD_HINT = "record one with: python3 -m pytest bench/ --bench-record  (see README, 'Baselines')"
+RECORD_HINT = "record one with: python3 -m pytest bench/ --bench-record  (see docs/gate.md, 'Recording baselines')"
 
 
 class BaselineError(ValueError):

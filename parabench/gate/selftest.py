@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({tally[label, 'case-runs']}/{args.runs * n} case-runs)")
     for label, _ in plan:  # a time row the stored runs could not judge is neither an alarm nor a detection
         print(f"{label}: step time unjudged in {tally[label, 'unjudged']}/{args.runs * n} case-runs (the stored "
-              f"runs' spread; README, 'Time on shared CPU runners')")
+              f"runs' spread; docs/gate.md, 'Time on shared CPU runners')")
     for label, _ in exact:
         print(f"{label}: {tally[label, 'runs']}/{args.exact_runs} runs with every case flagged")
     return 0

@@ -99,7 +99,7 @@ def requirement(wheel: Wheel, versions: dict[str, str]) -> str:
         return f"{wheel.name}=={versions[normalise(wheel.name)]}"
     except KeyError:
         raise ValueError(f"{wheel.name} has no pinned version in requirements-lock.txt or constraints.txt; pin it "
-                         f"there (README, 'Locked versions')") from None
+                         f"there (docs/getting-started.md, 'Locked versions')") from None
 
 
 def wheel_name(path: Path) -> str:

@@ -127,7 +127,7 @@ def profiled_peak_bytes(step: Callable[[], object]) -> int:
     every op whose time span holds it, whatever thread it ran on, so an allocation on the main thread during an
     asynchronous collective on a gloo thread counted twice, once or not at all depending on how the two threads
     interleaved. That replay made FSDP2's and ZeRO-3's peaks differ by up to 19.8 % between runs of unchanged
-    code (README, "What a case measures"; docs/evidence/peak_spread.csv).
+    code (docs/measures.md, "The peak"; docs/evidence/peak_spread.csv).
 
     The step runs with its collectives made synchronous (``synchronous_collectives``): the profiler records the
     allocator's events of the threads it profiles only, and a collective's buffers whose last reference a gloo

@@ -110,7 +110,7 @@ def _from_torchrun(environ: Mapping[str, str]) -> Launch:
 def _from_slurm(environ: Mapping[str, str]) -> Launch:
     """srun's task variables; the rendezvous host is MASTER_ADDR (on one node, this node)."""
     fix = ("run pytest as srun's tasks (srun --nodes N --ntasks-per-node K python -m pytest bench/ "
-           "--bench-launcher=slurm) with MASTER_ADDR set to the first node's address (README, 'Launchers')")
+           "--bench-launcher=slurm) with MASTER_ADDR set to the first node's address (docs/launchers.md)")
     world_size = _integer(environ, "SLURM_NTASKS", fix=fix)
     nodes = _integer(environ, "SLURM_STEP_NUM_NODES", _integer(environ, "SLURM_NNODES", 1, fix=fix), fix=fix)
     master_addr = environ.get("MASTER_ADDR") or ("127.0.0.1" if nodes == 1 else "")

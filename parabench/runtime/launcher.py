@@ -4,9 +4,9 @@ Under ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT se
 (``--bench-launcher=slurm``: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID), every rank runs the same
 pytest session. The cases then run in the ranks' own process group, joined once through the
 launcher's rendezvous, instead of in spawned pools (``parabench.runtime.launch`` reads which launch this is).
-The ranks keep in step through the launcher's key-value store (``parabench.runtime.peers``): they agree on what they collected, on every task's outcome and on
-every test's outcome, so that a failure or a skip on one rank is every rank's, and none is left
-waiting in a collective its peers will never join.
+The ranks keep in step through the launcher's key-value store (``parabench.runtime.peers``): they agree on what
+they collected, on every task's outcome and on every test's outcome, so that a failure or a skip on one rank is
+every rank's, and none is left waiting in a collective its peers will never join.
 
 A task that fails on a rank (it raised, outlived ``--bench-timeout``, or passed the per-rank memory
 limit) fails on every rank; the process group is then rebuilt and the session goes on. A rank that

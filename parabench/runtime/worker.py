@@ -35,7 +35,7 @@ def pinned_cpus(rank: int, world_size: int, threads: int) -> set[int] | None:
     """The cores rank ``rank`` is pinned to, or None where the ranks' threads do not fit one core each.
 
     Pinning keeps a rank's threads off its peers' cores: on a 2-core machine the between-run
-    spread of a case's median step time fell from 3–10 % to 3–5.5 % (README, 'Regression gate').
+    spread of a case's median step time fell from 3–10 % to 3–5.5 % (docs/gate.md, 'Time on shared CPU runners').
     """
     cpus = sorted(os.sched_getaffinity(0))
     if world_size * threads > len(cpus):
