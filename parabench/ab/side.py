@@ -6,7 +6,9 @@
   that environment's packages (did upgrading a framework change anything?);
 * ``REV`` — a git revision of this checkout (``HEAD~1``, ``origin/main``, a sha), checked out into a temporary
   worktree and run with this interpreter (did my change to the suite or its workloads change anything?);
-* ``PYTHON@REV`` — both: that revision's tree with that interpreter.
+* ``PYTHON@REV`` — both: that revision's tree with that interpreter;
+* ``PACKAGE==VERSION[,…]`` — this checkout and this environment with those packages at those versions, in an
+  overlay environment made once and cached (``parabench.ab.overlay``): did upgrading a framework change anything?
 
 ``resolve`` checks BASE and says what is wrong and how to fix it before anything runs; ``BaseSide`` starts the
 base's server (``parabench.ab.server``) under the base interpreter in the base tree, and asks it to run cases
@@ -26,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from parabench.ab import overlay
+
 SERVER = Path(__file__).resolve().with_name("server.py")
 # How long the base's server may take to import its frameworks and answer that it is ready.
 START_TIMEOUT_S = 180.0
@@ -43,9 +47,10 @@ class BaseSpec:
     python: str               # the interpreter the base side runs with
     revision: str | None      # the resolved commit (full sha), or None: this checkout's working tree
     revision_text: str | None = None
+    overlay: str | None = None  # PACKAGE==VERSION: what the overlay environment holds, where, made or reused
 
     def describe(self) -> str:
-        parts = [f"interpreter {self.python}"]
+        parts = [f"interpreter {self.python}" + (f" ({self.overlay})" if self.overlay else "")]
         parts.append(f"revision {self.revision_text} ({self.revision[:12]})" if self.revision
                      else "this checkout's working tree")
         return ", ".join(parts)
@@ -83,7 +88,8 @@ def _check_revision(root: Path, revision: str, text: str) -> str:
     found = _git(root, "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}")
     if found.returncode != 0:
         raise BaseError(f"--bench-ab={text}: {revision!r} is not a revision of this checkout (git rev-parse found no "
-                        f"commit; a shallow clone may lack it: git fetch --deepen=1); e.g. HEAD~1, origin/main or a sha")
+                        f"commit; a shallow clone may lack it: git fetch --deepen=1); e.g. HEAD~1, origin/main or a sha"
+                       + ("; a package's version is PACKAGE==VERSION" if "=" in text else ""))
     return found.stdout.strip()
 
 
@@ -91,7 +97,14 @@ def resolve(text: str, root: Path) -> BaseSpec:
     """BASE as given on the command line, checked: what the base side is, or a BaseError naming the fix."""
     text = text.strip()
     if not text:
-        raise BaseError("--bench-ab needs BASE: an interpreter path, a git revision, or PYTHON@REV")
+        raise BaseError("--bench-ab needs BASE: PACKAGE==VERSION, an interpreter path, a git revision, or PYTHON@REV")
+    try:
+        pins = overlay.parse(text)
+        if pins is not None:
+            made = overlay.ensure(pins, root, text, say=lambda line: print(line, file=sys.__stderr__, flush=True))
+            return BaseSpec(text=text, python=str(made.python), revision=None, overlay=made.describe())
+    except overlay.OverlayError as error:
+        raise BaseError(str(error)) from None
     python, revision = None, None
     if "@" in text and not text.startswith("@"):
         before, after = text.split("@", 1)
