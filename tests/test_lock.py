@@ -34,9 +34,9 @@ LOCK = REPO / "requirements-lock.txt"
 CONSTRAINTS = REPO / "constraints.txt"
 PYPROJECT = REPO / "pyproject.toml"
 BASELINES = REPO / "baselines"
-CI_EXTRAS = ("test", "report", "deepspeed", "colossalai", "fairscale")  # the extras .ci/run installs
+CI_EXTRAS = ("test", "report", "history", "deepspeed", "colossalai", "fairscale")  # the extras .ci/run installs
 INSTALL = ('DS_BUILD_OPS=0 python3 -m pip install -c constraints.txt -c requirements-lock.txt '
-           '-e ".[test,report,deepspeed,colossalai,fairscale]"')
+           '-e ".[test,report,history,deepspeed,colossalai,fairscale]"')
 REFRESH = "README, 'Locked versions'"
 
 
