@@ -35,10 +35,13 @@ MIN_STEP = 0.20
 class StepRule:
     """Pelt (ruptures, cost "l2", i.e. a change in the mean) on ln(median step seconds), one value per run.
 
-    penalty = ``penalty_factor`` × σ² × ln(n) for n runs (the BIC penalty for a known noise σ at factor 2), with σ
-    the repeats' spread; each segment holds at least ``min_size`` runs, so one outlying run is not a step and a step
-    at the newest run is reported once a second run confirms it; a kept step changes the geometric mean of the
-    segments on either side by at least ``min_step`` (smaller ones are merged away, smallest first).
+    penalty = ``penalty_factor`` × σ² × ln(n) for n runs (the BIC penalty for a known noise σ at factor 2). σ is the
+    series' own noise, estimated robustly from its successive differences (median |Δ ln| / (0.6745 √2), which a step
+    moves little), but never below ``sigma``, the repeats' typical spread: a noisy case cannot claim a step within its
+    own noise, a quiet one not within a typical case's. Each segment holds at least ``min_size`` runs, so one
+    outlying run is not a step and a step at the newest run is reported once a second run confirms it; a kept step
+    changes the geometric mean of the segments on either side by a factor of at least 1 + ``min_step`` either way
+    (smaller ones are merged away, smallest first).
     """
 
     sigma: float = REPEAT_SIGMA
@@ -46,12 +49,18 @@ class StepRule:
     penalty_factor: float = 2.0
     min_size: int = 2
 
-    def penalty(self, n: int) -> float:
-        return self.penalty_factor * self.sigma ** 2 * math.log(n)
+    def noise(self, logs: Sequence[float]) -> float:
+        """σ for a series of ln(median) values: its successive differences' robust spread, at least ``sigma``."""
+        steps = [abs(b - a) for a, b in zip(logs, logs[1:])]
+        return max(self.sigma, statistics.median(steps) / (0.6745 * math.sqrt(2)) if steps else 0.0)
+
+    def penalty(self, logs: Sequence[float]) -> float:
+        return self.penalty_factor * self.noise(logs) ** 2 * math.log(len(logs))
 
     def describe(self) -> str:
         return (f"ruptures {_ruptures_version()} Pelt, model \"l2\", on ln(median step seconds) per run; penalty = "
-                f"{self.penalty_factor:g} × σ² × ln(n) with σ = {self.sigma:g}; at least {self.min_size} runs per "
+                f"{self.penalty_factor:g} × σ² × ln(n), σ = the series' own noise (median |Δ ln| between successive "
+                f"runs / (0.6745 √2)) but at least {self.sigma:g}; at least {self.min_size} runs per "
                 f"segment; a step is kept when the geometric means of the segments on either side differ by a "
                 f"factor of at least {1 + self.min_step:g} (either way)")
 
@@ -78,7 +87,7 @@ def step_changes(medians: Sequence[float], rule: StepRule = STEP_RULE) -> list[t
     import ruptures
 
     signal = numpy.log(numpy.asarray(medians, dtype=float)).reshape(-1, 1)
-    ends = ruptures.Pelt(model="l2", min_size=rule.min_size, jump=1).fit(signal).predict(pen=rule.penalty(n))
+    ends = ruptures.Pelt(model="l2", min_size=rule.min_size, jump=1).fit(signal).predict(pen=rule.penalty(list(signal[:, 0])))
     bounds = [0, *ends[:-1], n]  # ends ends with n
     logs = signal[:, 0]
     while len(bounds) > 2:

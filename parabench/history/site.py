@@ -303,7 +303,7 @@ def rule_text(rule: StepRule) -> str:
         "final loss, parity gap = the parity check's max_abs_difference): any difference between two consecutive "
         "runs of a series is a change point, where both runs recorded the metric. Rows between two recordings of the "
         "same commit are greyed: a metric that moves there is not deterministic on that host.</li>"
-        f"<li><b>Step time</b>: {esc(rule.describe())}. σ = {rule.sigma:g} is the median over cases of the standard "
+        f"<li><b>Step time</b>: {esc(rule.describe())}. The floor σ = {rule.sigma:g} is the median over cases of the standard "
         "deviation of ln(median step time) across three recordings of one commit, and the minimum step "
         f"{rule.min_step:.0%} is the median over those cases of the three medians' relative range (max/min − 1): "
         f"runs {esc(repeats)} of the committed baselines (commit 5ec3fc88, recorded 2026-12-05 on a 2-CPU Intel Xeon "
