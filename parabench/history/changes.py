@@ -21,8 +21,10 @@ from typing import Any, Mapping, Sequence
 from parabench.history.series import EXACT_METRICS, Metric, Point, Run, Series, step_summary
 
 # Repeated recordings of one commit (5ec3fc88) in one session, on the two Intel Xeon kinds of the committed runs:
-# runs 0025-0027 (AVX-512) and 0028-0030 (AVX2 forced), 2026-12-05, recorded with the CI profile
-# (python -m pytest bench/ --bench-profile=ci --bench-record, three times per kind); 284 cases with three runs each.
+# runs 0025-0027 (AVX-512) and 0028-0030 (AVX2 forced), recorded 2026-12-05 on a 2-CPU Intel Xeon host with the CI
+# profile (the files' session profile: ci); 284 cases with three runs each. Recompute with
+# python3 -c "from parabench.history.changes import repeat_spread; from parabench.history.series import read_runs;
+# print(repeat_spread(read_runs('baselines')))"
 REPEATS = (("0025", "0026", "0027"), ("0028", "0029", "0030"))
 # The median over those cases of the standard deviation of ln(median step time) across the three recordings.
 REPEAT_SIGMA = 0.095
