@@ -17,17 +17,11 @@ import pytest
 pytest.importorskip("plotly", reason="the history extra is not installed: pip install -e '.[history]' with the lock")
 pytest.importorskip("ruptures", reason="the history extra is not installed: pip install -e '.[history]' with the lock")
 
-from parabench.__main__ import main  # noqa: E402
-from parabench.gate.policy import load_policy  # noqa: E402
-from parabench.history import site as history_site  # noqa: E402
-from parabench.history.changes import (  # noqa: E402
-    MIN_STEP,
-    REPEAT_SIGMA,
-    repeat_spread,
-    series_changes,
-    step_changes,
-)
-from parabench.history.series import HistoryError, build_series, commit_tags, read_runs  # noqa: E402
+from parabench.__main__ import main
+from parabench.gate.policy import load_policy
+from parabench.history import site as history_site
+from parabench.history.changes import MIN_STEP, REPEAT_SIGMA, repeat_spread, series_changes, step_changes
+from parabench.history.series import build_series, commit_tags, read_runs
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINES = REPO / "baselines"
@@ -217,7 +211,8 @@ def page_errors(dom: str) -> list[str]:
 
 def chromium(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                           "--virtual-time-budget=5000", *args], capture_output=True, text=True, timeout=120)
+                           "--virtual-time-budget=5000", *args], check=False, capture_output=True, text=True,
+                          timeout=120)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed, so the site's pages are not checked in a "

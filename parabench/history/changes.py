@@ -13,10 +13,12 @@ they still match).
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from parabench.history.series import EXACT_METRICS, Metric, Point, Run, Series, step_summary
 
@@ -53,7 +55,7 @@ class StepRule:
 
     def noise(self, logs: Sequence[float]) -> float:
         """σ for a series of ln(median) values: its successive differences' robust spread, at least ``sigma``."""
-        steps = [abs(b - a) for a, b in zip(logs, logs[1:])]
+        steps = [abs(b - a) for a, b in itertools.pairwise(logs)]
         return max(self.sigma, statistics.median(steps) / (0.6745 * math.sqrt(2)) if steps else 0.0)
 
     def penalty(self, logs: Sequence[float]) -> float:
@@ -121,7 +123,7 @@ def series_changes(series: Series, rule: StepRule = STEP_RULE) -> list[ChangePoi
     """Every change point of one series, oldest first, exact metrics then step time at each pair of runs."""
     out = []
     points = series.points
-    for before, after in zip(points, points[1:]):
+    for before, after in itertools.pairwise(points):
         for metric in EXACT_METRICS:
             a, b = metric.read(before.info), metric.read(after.info)
             if a is None or b is None or a == b:

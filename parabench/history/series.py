@@ -13,9 +13,10 @@ import json
 import re
 import statistics
 import subprocess
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from parabench.gate.baselines import BaselineError, StoredRun, discover
 from parabench.gate.keys import hardware_name, machine_key, slug

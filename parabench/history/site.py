@@ -15,15 +15,16 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from parabench.gate.judge import compare
 from parabench.gate.policy import Policy, PolicyError, load_policy
 from parabench.gate.report import Row
 from parabench.gate.verdict import Verdict
-from parabench.history.changes import STEP_RULE, REPEATS, ChangePoint, StepRule, series_changes
+from parabench.history.changes import REPEATS, STEP_RULE, ChangePoint, StepRule, series_changes
 from parabench.history.series import (
     EXACT_METRICS,
     HistoryError,
@@ -316,8 +317,8 @@ def regressions_page(site: Site, rule: StepRule, footer: str) -> str:
     by_metric: dict[str, list[ChangePoint]] = {}
     for c in site.changes:
         by_metric.setdefault(c.metric, []).append(c)
-    summary = ["<table><tr><th>metric</th><th>change points</th><th>between different commits</th>"
-               "<th>between recordings of one commit</th></tr>"]
+    summary = [("<table><tr><th>metric</th><th>change points</th><th>between different commits</th>"
+                "<th>between recordings of one commit</th></tr>")]
     for metric, found in sorted(by_metric.items()):
         same = sum(1 for c in found if c.before.run.commit and c.before.run.commit == c.after.run.commit)
         summary.append(f"<tr><td>{esc(metric)}</td><td class=num>{len(found)}</td><td class=num>{len(found) - same}"
@@ -432,8 +433,8 @@ def series_page(series: Series, found: Sequence[ChangePoint], rows: Sequence[Row
     import plotly.io
 
     key = ", ".join(f"{k} = {v}" for k, v in series.key.items() if k not in ("device", "hardware"))
-    parts = [f"<h1>{esc(series.case_id)}</h1><p><b>{esc(series.kind_label)}</b> · <code>{esc(series.name)}</code>"
-             f"<br><span class=same>machine key: {esc(key)}</span></p>"]
+    parts = [(f"<h1>{esc(series.case_id)}</h1><p><b>{esc(series.kind_label)}</b> · <code>{esc(series.name)}</code>"
+              f"<br><span class=same>machine key: {esc(key)}</span></p>")]
     for ident, fig in series_figures(series, found):
         if fig is None:
             parts.append(f"<p class=note>{esc(ident)}: not recorded by any run of this series.</p>")
