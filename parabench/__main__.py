@@ -1,4 +1,4 @@
-"""Command line: ``python -m parabench report [RUN …]`` and ``python -m parabench thresholds``."""
+"""Command line: ``python -m parabench report [RUN …]``, ``thresholds``, ``host`` and ``history``."""
 
 from __future__ import annotations
 
@@ -50,7 +50,45 @@ def parser() -> argparse.ArgumentParser:
                     "baselines with tox -e record).")
     host.add_argument("--storage", default=STORAGE, help=f"where runs are stored (default {STORAGE}/)")
     host.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    history = commands.add_parser(
+        "history", help="a static site of every stored run: each case's metrics over runs, change points, verdicts",
+        description="Write a static site (HTML and Plotly charts, no network needed to view it) over every stored "
+                    "run: per machine kind and case, step time, peak and state bytes per rank, bus bytes and FLOPs "
+                    "per step, final loss and parity gap over runs in commit order; an index with each case's latest "
+                    "verdict, and a Regressions page listing every change point (docs/history.md). Needs the "
+                    "history extra: pip install -e \".[history]\" with the lock.")
+    history.add_argument("--storage", default=STORAGE, help=f"where runs are stored (default {STORAGE}/)")
+    history.add_argument("--out", default="reports/history", metavar="DIR",
+                         help="the site's folder (default reports/history); a previous site there is replaced whole "
+                              "once the new one is complete")
+    history.add_argument("--policy", default=f"{STORAGE}/policy.toml",
+                         help="the gate's policy, for the machine key and the latest verdicts (default "
+                              "baselines/policy.toml)")
+    history.add_argument("--time", default="report", choices=("judge", "report"),
+                         help="the latest verdicts: report step time with the verdict it would get (default, as CI's "
+                              "gate does), or judge it")
     return main
+
+
+def history(args: argparse.Namespace, command: str) -> int:
+    try:
+        import plotly  # noqa: F401
+        import ruptures  # noqa: F401
+    except ImportError as error:
+        print(f"parabench history: {error.name} is not installed; install the history extra with the lock: "
+              f"python3 -m pip install -c constraints.txt -c requirements-lock.txt -e \".[history]\"",
+              file=sys.stderr)
+        return 2
+    from parabench.history.series import HistoryError
+    from parabench.history.site import build
+
+    try:
+        site = build(args.storage, args.out, args.policy, command=command, judge_time=args.time == "judge")
+    except HistoryError as error:
+        print(f"parabench history: {error}", file=sys.stderr)
+        return 2
+    print(f"parabench history: wrote {site.out / 'index.html'}: {site.summary()}")
+    return 0
 
 
 def host(args: argparse.Namespace) -> int:
@@ -133,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "thresholds":
         print(thresholds(args))
         return 0
+    if args.command == "history":
+        return history(args, f"python -m parabench {shlex.join(argv)}")
     try:
         out = report(args, f"python -m parabench {shlex.join(argv)}")
     except ReportError as error:
