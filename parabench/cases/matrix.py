@@ -11,6 +11,7 @@ import pytest
 from parabench.cases.case import Case
 from parabench.cases.optimizers import OPTIMIZERS
 from parabench.cases.requirements import Machine, unmet
+from parabench.measure.formulas import formula_of
 from parabench.strategies import STRATEGIES
 from parabench.workloads import WORKLOADS
 
@@ -26,6 +27,7 @@ def cases(strategies: Sequence[str], optimizers: Sequence[str], workloads: Seque
         cls = STRATEGIES.get(strategy)
         OPTIMIZERS.get(optimizer), WORKLOADS.get(workload)  # unknown names fail at collection
         cls.validate_options(dict(fields.get("options", ())))
+        formula_of(strategy)  # a formula a package's strategy declares must exist
         sizes = (1,) if cls.requires.max_world_size == 1 else world_sizes
         for world_size in sizes:
             for precision in (p for p in cls.precisions if precisions is None or p in precisions):

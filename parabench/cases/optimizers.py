@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from parabench.cases.registry import Registry
+from parabench.cases.registry import PluginError, Registry
 from parabench.cases.requirements import Requirements
 
 
@@ -31,6 +31,9 @@ class OptimizerSpec:
     # Its one-process reference accumulates one micro-batch per replica, as the replicas' gradients are
     # what it measures (AdaScale's gain needs at least two gradients per step).
     reference_accumulates: bool = False
+    # fp32 values per parameter of its state, for the model-state formulas (``parabench.measure.formulas``); None:
+    # the formulas' own table's, where it names this optimizer (the built-ins), otherwise no formula.
+    states: int | None = None
 
     def for_accumulation(self, grad_accum: int) -> "OptimizerSpec":
         """This entry for a case that accumulates ``grad_accum`` micro-batches per step."""
@@ -42,7 +45,22 @@ class OptimizerSpec:
         return self.cls(params, **self.kwargs)
 
 
-OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer")
+def accept_optimizer(name: str, target: Any) -> OptimizerSpec:
+    """A package's optimizer: an ``OptimizerSpec`` named ``name`` (as the built-ins below are declared)."""
+    if not isinstance(target, OptimizerSpec):
+        raise PluginError(f"names {target!r}, which is not a parabench.cases.optimizers.OptimizerSpec; declare "
+                          f"OptimizerSpec({name!r}, <optimizer class or factory>, {{<its keyword arguments>}})")
+    if target.name != name:
+        raise PluginError(f"names optimizer {target.name!r}; the entry point's name must be the optimizer's name")
+    if not callable(target.cls):
+        raise PluginError(f"optimizer {name!r}: its cls {target.cls!r} is not callable; give the class or a "
+                          f"factory taking (params, **kwargs)")
+    if target.twin is not None and target.twin not in OPTIMIZERS.names():
+        raise PluginError(f"optimizer {name!r}: its twin {target.twin!r} is not a built-in optimizer")
+    return target
+
+
+OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer", "parabench.optimizers", accept_optimizer)
 
 
 def register(name: str, cls: Callable[..., torch.optim.Optimizer], **kwargs: Any) -> OptimizerSpec:

@@ -439,7 +439,9 @@ def series_page(series: Series, found: Sequence[ChangePoint], rows: Sequence[Row
         if fig is None:
             parts.append(f"<p class=note>{esc(ident)}: not recorded by any run of this series.</p>")
             continue
-        parts.append(f'<div class=chart>{plotly.io.to_html(fig, include_plotlyjs=False, full_html=False, validate=False, div_id=f"chart-{ident}", default_height="340px", config={"displaylogo": False, "responsive": True})}</div>')
+        chart = plotly.io.to_html(fig, include_plotlyjs=False, full_html=False, validate=False, div_id=f"chart-{ident}",
+                                  default_height="340px", config={"displaylogo": False, "responsive": True})
+        parts.append(f"<div class=chart>{chart}</div>")
     parts.append(f"<h2>Change points ({len(found)})</h2>")
     parts.append(change_rows(found, with_case=False) if found else "<p>None.</p>")
     verdict = worst(rows)

@@ -88,8 +88,31 @@ FAMILIES: dict[str, Family] = {
 
 
 def optimizer_states(optimizer: str) -> int | None:
-    """K of an optimizer name (``adamw``, ``sgd-momentum``…), None where its state is not K values a parameter."""
-    return OPTIMIZER_STATES.get(optimizer)
+    """K of an optimizer name (``adamw``, ``sgd-momentum``…), None where its state is not K values a parameter.
+
+    An optimizer a package registered declares its K itself (``OptimizerSpec.states``)."""
+    if optimizer in OPTIMIZER_STATES:
+        return OPTIMIZER_STATES[optimizer]
+    from parabench.cases.optimizers import OPTIMIZERS
+
+    return OPTIMIZERS.get(optimizer).states if optimizer in OPTIMIZERS else None
+
+
+def formula_of(strategy: str) -> str | None:
+    """The name whose formula ``strategy``'s model states follow (a key of ``FAMILIES``), or None: its own name, or
+    the one a registered strategy declares (``Strategy.formula``: a package's DDP wrapper follows "torch-ddp").
+
+    A declared name the formulas do not know is an error, raised where the strategy's cases are made."""
+    from parabench.strategies import STRATEGIES
+
+    declared = STRATEGIES.get(strategy).formula if strategy in STRATEGIES else None
+    if declared is None:
+        return strategy if strategy in FAMILIES else None
+    if declared not in FAMILIES:
+        where = STRATEGIES.origin(strategy)
+        raise ValueError(f"strategy {strategy!r}{f' ({where})' if where else ''} declares formula {declared!r}, "
+                         f"which has none; known: {', '.join(sorted(FAMILIES))}")
+    return declared
 
 
 def paper_state(strategy: str, optimizer: str, precision: str, parameters: int | None, shards: int,
@@ -104,6 +127,7 @@ def paper_state(strategy: str, optimizer: str, precision: str, parameters: int |
     True: 16-bit weights, with the fp32 master the family keeps."""
     if master_weights is None:
         master_weights = master_weights_of(strategy)
+    strategy = formula_of(strategy)
     family, k = FAMILIES.get(strategy), optimizer_states(optimizer)
     options = options or {}
     if family is None or k is None or not parameters or precision not in PRECISION_BYTES or options.get("offload"):
@@ -200,6 +224,7 @@ def predicted_state(strategy: str, optimizer: str, precision: str, parameters: i
         return None
     from parabench.measure.layouts import model_parameters
 
+    strategy = formula_of(strategy)
     family, options = FAMILIES[strategy], dict(options or {})
     layout = model_parameters(workload) if workload else None
     if layout is not None and sum(p.numel for p in layout) != parameters:

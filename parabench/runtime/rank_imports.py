@@ -49,5 +49,8 @@ import transformers.models.gpt2.modeling_gpt2  # noqa: E402,F401
 import transformers.models.vit.modeling_vit  # noqa: E402,F401
 
 import parabench.runtime.train  # noqa: E402,F401
+from parabench.cases.plugins import load_plugins  # noqa: E402
+
+load_plugins()  # the packages' workloads, strategies and optimizers (docs/plugins.md), registered once for every rank
 
 require_cuda_untouched()  # last: after every import, before the server forks its first rank

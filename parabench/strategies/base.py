@@ -56,6 +56,9 @@ class Strategy(ABC):
     # In bf16/fp16: the strategy trains low-precision weights from fp32 master weights (DeepSpeed, LowLevelZero,
     # Gemini…) rather than autocasting fp32 weights, so its one-process reference does the same.
     master_weights: ClassVar[bool] = False
+    # The strategy whose model-state formula this one follows (``parabench.measure.formulas.FAMILIES``: a package's
+    # DDP wrapper says "torch-ddp"). None: its own name's where the formulas have one; otherwise it has none.
+    formula: ClassVar[str | None] = None
 
     def __init__(self, context: RankContext, precision: str = "fp32", options: Mapping[str, object] = ()) -> None:
         self.context = context

@@ -1,0 +1,1 @@
+"""parabench's example plugin (docs/plugins.md)."""
