@@ -98,7 +98,10 @@ class Rendering:
                            "columns": list(self.labels), **({"sides": self.sides} if self.sides else {}),
                            "rows": [{**asdict(r), "verdict": r.verdict.value} for r in self.rows]}, indent=2)
 
-    def to_markdown(self) -> str:
+    def to_markdown(self, full_report: str | None = None) -> str:
+        """The report in Markdown (``gate.md``). With ``full_report`` (where it is written), the short form for where
+        room is scarce (a CI job summary): the same summary, notes, unjudged and regressed rows, and instead of the
+        table of every case and metric a line saying where it is."""
         from tabulate import tabulate
 
         lines = [f"## {self.summary()}", ""]
@@ -116,6 +119,8 @@ class Rendering:
                                                         r.detail] for r in self.regressions],
                                                       headers=["case", "metric", *self.labels, "change", "why"],
                                                       tablefmt="github", disable_numparse=True), ""]
+        if full_report is not None:
+            return "\n".join(lines + [f"The full report, every case and metric: `{full_report}`.", ""])
         lines += ["<details><summary>Every case and metric</summary>", "",
                   tabulate(self.table_rows(), headers=self.headers, tablefmt="github", disable_numparse=True),
                   "", "</details>", ""]
