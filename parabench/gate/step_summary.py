@@ -3,7 +3,8 @@
 GitHub takes at most 1 MiB of summary per step (more, and the step's summary is dropped with an error), and other
 tools of the same step may have written to the file first. So the report goes in whole where it fits; otherwise its
 short form (the summary line, the notes, what was not judged and what regressed, and where the full report is),
-cut by whole lines to the room left where even that is too long. The text is appended in one write, so a reader
+cut by whole lines to the room left where even that is too long; after a blank line where the file already holds
+something. The text is appended in one write, so a reader
 never sees half of it and what was in the file stays as it was.
 """
 
@@ -61,10 +62,10 @@ def append_step_summary(report: Renders, full_report: str, path: str | Path | No
     except OSError as error:
         return f"job summary NOT written: {path}: {error.strerror}"
     lead = b""
-    if size:
+    if size:  # a blank line first, so that what the file ends with (a table, a list) ends before the report
         with open(path, "rb") as f:
             f.seek(size - 1)
-            lead = b"" if f.read(1) == b"\n" else b"\n"
+            lead = b"\n" if f.read(1) == b"\n" else b"\n\n"
     room = STEP_SUMMARY_LIMIT - size - len(lead)
     text, whole = summary_text(report, room, full_report)
     if not text:
