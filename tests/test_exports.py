@@ -275,6 +275,15 @@ def test_the_report_is_appended_after_what_the_summary_held(tmp_path, monkeypatc
     assert "## parabench gate: 1 case(s) REGRESSED, 1 case(s) UNJUDGED" in text and "Every case and metric" in text
 
 
+def test_a_bar_in_a_cell_does_not_split_the_markdown_tables():
+    rows = [Row("test_train[a]", "parity", Verdict.REGRESSED, "max |Δ| 2.38e-07", "max |Δ| 1.00e-03", None, "x")]
+    markdown = GateReport(rows=rows).to_markdown()
+    tables = [line for line in markdown.splitlines() if line.startswith("|")]
+    assert len(tables) == 6 and "max \\|Δ\\| 2.38e-07" in markdown
+    assert {len(re.findall(r"(?<!\\)\|", line)) - 1 for line in tables[:3]} == {6}  # case … why: 6 cells
+    assert {len(re.findall(r"(?<!\\)\|", line)) - 1 for line in tables[3:]} == {7}  # and the verdict
+
+
 def test_no_summary_file_named_no_summary_written(monkeypatch, tmp_path):
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
     assert append_step_summary(report(), "reports/gate.md") is None
