@@ -185,6 +185,6 @@ def write_exports(exports: Iterable[tuple[str, str | Path]], benchmarks: Iterabl
     for form, path in exports:
         path = Path(root, path) if root is not None else Path(path)
         data = EXPORTERS[form][0](found)
-        atomic_write(path, (json.dumps(data, indent=2) + "\n").encode(), overwrite=True)
+        atomic_write(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode(), overwrite=True)
         written.append((form, path, len(data)))
     return written
