@@ -18,6 +18,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import yaml
 
 from parabench.gate.baselines import load_run
 from parabench.gate.exports import (EXPORTERS, ExportError, benchmark_action, bencher, headline, headlines,
@@ -389,3 +390,51 @@ def test_one_case_from_the_command_line_writes_every_ci_output(tmp_path):
                  f"export benchmark-action: {tmp_path / 'action.json'} (5 entries)",
                  f"export bencher: {tmp_path / 'bmf.json'} (1 cases)"):
         assert line in result.stdout
+
+
+# --- the documented workflow ---------------------------------------------------------------------------------------
+
+WORKFLOW = REPO / "docs" / "examples" / "github-workflow.yml"
+
+
+def workflow_commands() -> list[str]:
+    data = yaml.safe_load(WORKFLOW.read_text())
+    return [step["run"] for job in data["jobs"].values() for step in job["steps"] if "run" in step]
+
+
+def test_the_documented_workflow_parses_and_runs_the_gate_on_main_and_an_ab_on_pull_requests():
+    data = yaml.safe_load(WORKFLOW.read_text())
+    triggers = data.get("on", data.get(True))  # YAML 1.1 reads a bare `on` as true
+    assert set(triggers) == {"push", "pull_request", "workflow_dispatch"} and triggers["push"]["branches"] == ["main"]
+    commands = " ".join(workflow_commands())
+    assert "--bench-gate " in commands and "--bench-ab=origin/${{ github.base_ref }}" in commands
+    uses = [step.get("uses", "") for job in data["jobs"].values() for step in job["steps"]]
+    assert any(u.startswith("actions/upload-artifact@") for u in uses)
+    assert any(u.startswith("benchmark-action/github-action-benchmark@") for u in uses)
+    assert any(u.startswith("bencherdev/bencher@") for u in uses)
+    # What the trackers read is what the exports wrote.
+    exported = {path for command in workflow_commands() for value in re.findall(r"--bench-export=(\S+)", command)
+                for _, path in parse_exports([value])}
+    action = [step["with"] for job in data["jobs"].values() for step in job["steps"]
+              if step.get("uses", "").startswith("benchmark-action/")]
+    assert action and all(w["tool"] == "customSmallerIsBetter" and w["output-file-path"] in exported for w in action)
+    bencher_files = {f for c in workflow_commands() if c.lstrip().startswith("bencher run")
+                     for f in re.findall(r"--file (\S+)", c)}
+    assert bencher_files and bencher_files <= exported
+    assert all("--adapter json" in c for c in workflow_commands() if c.lstrip().startswith("bencher run"))
+
+
+def test_the_documented_workflow_names_only_options_that_exist():
+    result = pytest_run("bench/", "--help", timeout=300)
+    assert result.returncode == 0, result.stderr
+    known = set(re.findall(r"(--[a-z][a-z0-9-]*)", result.stdout))
+    used = {option for command in workflow_commands() if "pytest" in command
+            for option in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", command.split("pytest", 1)[1])}
+    assert used and used - known == set()
+    assert {"--bench-export", "--bench-gate", "--bench-ab", "--junit-xml"} <= used
+
+
+def test_the_ci_page_shows_the_workflow_file_as_it_is():
+    page = (REPO / "docs" / "ci.md").read_text()
+    shown = re.search(r"```yaml\n(.*?)```", page, re.S).group(1)
+    assert shown == WORKFLOW.read_text()
