@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SERVER = Path(__file__).resolve().with_name("ab_server.py")
+SERVER = Path(__file__).resolve().with_name("server.py")
 # How long the base's server may take to import its frameworks and answer that it is ready.
 START_TIMEOUT_S = 180.0
 # Beyond a case's own time-out, for the base side's pool start (10–15 s with the frameworks imported).
