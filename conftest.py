@@ -3,4 +3,4 @@
 pytest_plugins = ["fixtures.options", "fixtures.launcher", "fixtures.known", "fixtures.collection", "fixtures.budget",
                   "fixtures.kernels", "fixtures.pools", "fixtures.progress", "fixtures.cases", "fixtures.parity",
                   "fixtures.relative", "fixtures.converge", "fixtures.optimizer_steps", "fixtures.sweeps", "fixtures.tables",
-                  "fixtures.gate", "fixtures.ab", "fixtures.report"]
+                  "fixtures.gate", "fixtures.ab", "fixtures.report", "fixtures.ci"]

@@ -98,7 +98,10 @@ class Rendering:
                            "columns": list(self.labels), **({"sides": self.sides} if self.sides else {}),
                            "rows": [{**asdict(r), "verdict": r.verdict.value} for r in self.rows]}, indent=2)
 
-    def to_markdown(self) -> str:
+    def to_markdown(self, full_report: str | None = None) -> str:
+        """The report in Markdown (``gate.md``). With ``full_report`` (where it is written), the short form for where
+        room is scarce (a CI job summary): the same summary, notes, unjudged and regressed rows, and instead of the
+        table of every case and metric a line saying where it is."""
         from tabulate import tabulate
 
         lines = [f"## {self.summary()}", ""]
@@ -112,12 +115,14 @@ class Rendering:
         if self.unjudged or self.nothing_gated or self.excused():
             lines += ["### Not judged", ""] + [f"- {line}" for line in self.unjudged_lines()] + [""]
         if self.regressions:
-            lines += ["### Regressions", "", tabulate([[r.name, r.metric, r.baseline, r.now, percent(r.change),
-                                                        r.detail] for r in self.regressions],
+            lines += ["### Regressions", "", tabulate(cells([[r.name, r.metric, r.baseline, r.now, percent(r.change),
+                                                              r.detail] for r in self.regressions]),
                                                       headers=["case", "metric", *self.labels, "change", "why"],
                                                       tablefmt="github", disable_numparse=True), ""]
+        if full_report is not None:
+            return "\n".join(lines + [f"The full report, every case and metric: `{full_report}`.", ""])
         lines += ["<details><summary>Every case and metric</summary>", "",
-                  tabulate(self.table_rows(), headers=self.headers, tablefmt="github", disable_numparse=True),
+                  tabulate(cells(self.table_rows()), headers=self.headers, tablefmt="github", disable_numparse=True),
                   "", "</details>", ""]
         return "\n".join(lines)
 
@@ -125,6 +130,11 @@ class Rendering:
         """``gate.json`` and ``gate.md`` in ``directory``, each written whole or not at all."""
         atomic_write(directory / "gate.json", self.to_json().encode(), overwrite=True)
         atomic_write(directory / "gate.md", self.to_markdown().encode(), overwrite=True)
+
+
+def cells(rows: list[list[str]]) -> list[list[str]]:
+    """Rows for a Markdown table: a ``|`` in a cell (``max |Δ|``) escaped, so that it does not end the cell."""
+    return [[str(cell).replace("|", "\\|") for cell in row] for row in rows]
 
 
 def percent(change: float | None) -> str:
