@@ -56,7 +56,7 @@ def parser() -> argparse.ArgumentParser:
                     "run: per machine kind and case, step time, peak and state bytes per rank, bus bytes and FLOPs "
                     "per step, final loss and parity gap over runs in commit order; an index with each case's latest "
                     "verdict, and a Regressions page listing every change point (docs/history.md). Needs the "
-                    "history extra: pip install -e \".[history]\" with the lock.")
+                    "report extra: pip install -e \".[report]\" with the lock.")
     history.add_argument("--storage", default=STORAGE, help=f"where runs are stored (default {STORAGE}/)")
     history.add_argument("--out", default="reports/history", metavar="DIR",
                          help="the site's folder (default reports/history); a previous site there is replaced whole "
@@ -76,7 +76,7 @@ def history(args: argparse.Namespace, command: str) -> int:
         import ruptures  # noqa: F401
     except ImportError as error:
         print(f"parabench history: {error.name} is not installed; install the history extra with the lock: "
-              f"python3 -m pip install -c constraints.txt -c requirements-lock.txt -e \".[history]\"",
+              f"python3 -m pip install -c constraints.txt -c requirements-lock.txt -e \".[report]\"",
               file=sys.stderr)
         return 2
     from parabench.history.series import HistoryError

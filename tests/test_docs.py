@@ -42,6 +42,7 @@ SELECTION = re.compile(r"""(?:^|\s)-k\s+(?:"([^"]*)"|'([^']*)'|(\S+))""")
 PROFILE = re.compile(r"--bench-profile[= ]([a-z0-9-]+)")
 PLACEHOLDER = re.compile(r"[A-Z][A-Z_]*|.*….*")  # -k EXPR, -k NAME, -k …: a placeholder, not an example
 SUBCOMMAND = re.compile(r"python3? -m parabench\s+([a-z][a-z-]*)")
+MODULE_COMMAND = re.compile(r"python3? -m (parabench(?:\.[a-z_]+)+)")
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,23 @@ def unknown_subcommands(text: str, known: set[str]) -> list[str]:
     return sorted(set(SUBCOMMAND.findall(text)) - known)
 
 
+def unrunnable_modules(text: str) -> list[str]:
+    """The ``python -m parabench.MODULE`` commands of ``text`` that do not run: no such module, or no ``__main__``."""
+    import importlib.util
+
+    missing = []
+    for module in sorted(set(MODULE_COMMAND.findall(text))):
+        try:
+            spec = importlib.util.find_spec(module)
+        except ModuleNotFoundError:
+            spec = None
+        if spec is not None and spec.submodule_search_locations is not None:  # a package runs its __main__
+            spec = importlib.util.find_spec(module + ".__main__")
+        if spec is None or spec.origin is None or "__main__" not in Path(spec.origin).read_text(encoding="utf-8"):
+            missing.append(module)
+    return missing
+
+
 def run(command: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
 
@@ -162,6 +180,19 @@ def test_every_parabench_subcommand_the_docs_name_exists(document, subcommands):
     unknown = unknown_subcommands(document.read_text(encoding="utf-8"), subcommands)
     assert not unknown, (f"{name(document)} names python -m parabench {', '.join(unknown)}; "
                          f"python -m parabench --help knows {', '.join(sorted(subcommands))}")
+
+
+@pytest.mark.parametrize("document", documents(), ids=name)
+def test_every_module_command_the_docs_name_runs(document):
+    broken = unrunnable_modules(document.read_text(encoding="utf-8"))
+    assert not broken, (f"{name(document)} names python -m {', '.join(broken)}, which does not run as a command "
+                        f"(no such module, or it has no __main__): correct the page, or keep the command's module")
+
+
+def test_a_module_command_that_does_not_run_is_named():
+    assert unrunnable_modules("python -m parabench.selftest --ab; python -m parabench.gpucheck; "
+                              "python3 -m parabench.relative x.json; python -m parabench.nonesuch; "
+                              "python -m parabench.gate.verdict") == ["parabench.gate.verdict", "parabench.nonesuch"]
 
 
 def build(root: Path, site: Path) -> subprocess.CompletedProcess:

@@ -42,7 +42,7 @@ def gate(store: Path, tmp_path: Path, *extra: str, selection: list[str] = SELECT
 def test_unchanged_code_keeps_every_deterministic_metric(store, tmp_path):
     result, rows, report = gate(store, tmp_path)
     # Time is judged too, but a timing verdict on a shared machine is a rate, counted by
-    # `python -m parabench.gate.selftest`; the deterministic metrics must hold every time.
+    # `python -m parabench.selftest`; the deterministic metrics must hold every time.
     for metric in ("state_bytes", "peak_allocated_bytes", "loss curve", "parity"):
         assert rows[metric]["verdict"] == "unchanged", rows[metric]
     assert rows["loss curve"]["detail"] == "every step equal (bit for bit)"
@@ -52,7 +52,7 @@ def test_unchanged_code_keeps_every_deterministic_metric(store, tmp_path):
 
 
 def test_a_slowdown_is_flagged_in_step_time(store, tmp_path):
-    # The plumbing, not the gate's power (counted by `python -m parabench.gate.selftest`): the baseline may have been
+    # The plumbing, not the gate's power (counted by `python -m parabench.selftest`): the baseline may have been
     # recorded while the other test worker loaded this 2-core machine, so the slowdown is one that no load swing
     # seen here hides (a cold CI run stored 92 ms a step and judged +50 % unchanged; the load moved it ~1.6 x).
     result, rows, report = gate(store, tmp_path, "--bench-inject=slowdown=3")

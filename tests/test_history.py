@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("plotly", reason="the history extra is not installed: pip install -e '.[history]' with the lock")
-pytest.importorskip("ruptures", reason="the history extra is not installed: pip install -e '.[history]' with the lock")
+pytest.importorskip("plotly", reason="the report extra is not installed: pip install -e '.[report]' with the lock")
+pytest.importorskip("ruptures", reason="the report extra is not installed: pip install -e '.[report]' with the lock")
 
 from parabench.__main__ import main
 from parabench.gate.policy import load_policy

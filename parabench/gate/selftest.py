@@ -1,15 +1,15 @@
 """How often the gate is right on this machine: repeated runs, unchanged and perturbed, against one baseline.
 
-    python -m parabench.gate.selftest --runs 20 --slowdown 0.15 -k "adamw and gpt2_text and w2-fp32"
+    python -m parabench.selftest --runs 20 --slowdown 0.15 -k "adamw and gpt2_text and w2-fp32"
 
 Records the selected cases once into a private store, then runs the gate ``--runs`` times on
 unchanged code and ``--runs`` times with ``--bench-inject=slowdown=F``, interleaved so that the
 machine's drift hits both alike, plus ``--exact-runs`` runs of each deterministic perturbation
 (memory growth, summed gradients, lr = 0). Prints how many runs (and case-runs) each flagged.
 
-    python -m parabench.gate.selftest --ab --runs 20 --slowdown 0.15 -k "<cases>"
+    python -m parabench.selftest --ab --runs 20 --slowdown 0.15 -k "<cases>"
 
-    python -m parabench.gate.selftest --costs --runs 20 -k "<cases>"
+    python -m parabench.selftest --costs --runs 20 -k "<cases>"
 
 Costs mode: records the cases once, then ``--runs`` gate runs on unchanged code (every case's collectives and
 FLOPs must equal the stored ones to the byte) alternating with ``--runs`` runs with ``--bench-inject=comm=1024``
@@ -145,7 +145,7 @@ def main_costs(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m parabench.selftest", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--slowdown", type=float, default=0.15)
     parser.add_argument("--exact-runs", type=int, default=3, help="runs of each deterministic perturbation")

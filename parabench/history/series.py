@@ -22,7 +22,7 @@ from parabench.gate.baselines import BaselineError, StoredRun, discover
 from parabench.gate.keys import hardware_name, machine_key, slug
 from parabench.gate.policy import Policy
 
-HISTORY_HINT = "record runs with: python3 -m pytest bench/ --bench-record (README, 'Baselines'), or point --storage at them"
+HISTORY_HINT = "record runs with: python3 -m pytest bench/ --bench-record (docs/gate.md, 'Recording baselines'), or point --storage at them"
 
 
 class HistoryError(ValueError):

@@ -1,7 +1,7 @@
 """Each case against the peer it was measured beside in the same run (``relative_to``), as a table.
 
     python -m pytest bench/ -k deepspeed --benchmark-json=run.json
-    python -m parabench.measure.relative run.json [-k deepspeed]
+    python -m parabench.relative run.json [-k deepspeed]
 
 Per case: median step time, the largest rank's state bytes and peak allocated, and each as a
 ratio to the peer (e.g. ``torch-ddp``) measured in the same session, plus the largest loss gap.
@@ -44,7 +44,7 @@ HEADERS = ["case", "median step ms", "state MB (max rank)", "peak MB (max rank)"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m parabench.relative", description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a pytest-benchmark JSON (--benchmark-json, or a stored run)")
     parser.add_argument("-k", dest="selection", default="", help="only case ids containing this text")
     args = parser.parse_args(argv)
