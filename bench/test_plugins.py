@@ -12,7 +12,9 @@ CASES = params(plugin_cases())
 
 if CASES:
     @pytest.mark.parametrize("case", CASES)
-    def test_train(case, run_case, check_parity):
+    # Not test_train: a stored result is named by its test and case id, and a package's cases must never share a name
+    # (and so a baseline) with a built-in case of bench/.
+    def test_plugin(case, run_case, check_parity):
         result = run_case(case)
         assert_loss_decreases(result.losses)
         if case.strategy != "single":

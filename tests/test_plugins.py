@@ -113,6 +113,13 @@ def test_a_name_a_built_in_has_is_an_error_naming_the_package(declare):
         workloads_registry().get("mlp-digits")
 
 
+def test_a_name_that_reads_as_a_built_ins_in_a_case_id_is_an_error(declare):
+    declare("parabench.workloads", "mlp_digits", Points)  # the case ids of mlp-digits read mlp_digits
+    with pytest.raises(PluginError, match=r"workload 'mlp_digits' is a built-in workload's name \('mlp-digits' in a "
+                                          r"case id\)"):
+        workloads_registry().get("mlp_digits")
+
+
 def test_two_packages_with_one_name_is_an_error_naming_both(declare):
     declare("parabench.strategies", "acme-ddp", AcmeDDP, dist="acme-bench")
     declare("parabench.strategies", "acme-ddp", AcmeDDP, dist="other-bench")
@@ -266,7 +273,7 @@ def test_the_example_package_cases_are_collected_by_name(example_python):
     assert {"single-sgd-example_mlp-w1-fp32", "torch-ddp-sgd-example_mlp-w2-fp32", "torch-fsdp-adamw-example_mlp-w2-fp32",
             "example-ddp-sgd-example_mlp-w2-fp32", "torch-ddp-example-rmsprop-example_mlp-w2-fp32",
             "torch-ddp-sgd-example_mlp-w2-fp32-ga2"} <= set(found), found
-    assert all(line.startswith("bench/test_plugins.py::test_train[") for line in result.stdout.splitlines()
+    assert all(line.startswith("bench/test_plugins.py::test_plugin[") for line in result.stdout.splitlines()
                if "::" in line)
     # The package's strategy family is a mark that selects it, as torch or deepspeed do.
     marked = session(example_python, "bench/", "-m", "example", "--collect-only", "-q")
@@ -293,8 +300,9 @@ def test_the_example_package_cases_pass_parity_and_gate_unchanged_against_their_
     assert "parabench: baseline vs now" in gate.stdout
     rows = json.loads((tmp_path / "gate.json").read_text())["rows"]
     judged = [row for row in rows if not row["metric"].startswith("step time") and row["verdict"] != "info"]
-    assert {row["name"] for row in judged} == {f"test_train[{i}]" for i in (
+    assert {row["name"] for row in judged} == {f"test_plugin[{i}]" for i in (
         "single-sgd-example_mlp-w1-fp32", "torch-ddp-sgd-example_mlp-w2-fp32",
         "example-ddp-example-rmsprop-example_mlp-w2-fp32")}, rows
     assert all(row["verdict"] == "unchanged" for row in judged), rows
     assert {"parity", "state_bytes", "loss curve"} <= {row["metric"] for row in judged}
+    print(gate.stdout[gate.stdout.index("parabench: baseline vs now"):])  # the gate's table (pytest -rP shows it)

@@ -34,6 +34,11 @@ def origin(entry_point: importlib.metadata.EntryPoint) -> str:
     return f"{where}, entry point {entry_point.name} = {entry_point.value} (group {entry_point.group})"
 
 
+def spelled(name: str) -> str:
+    """``name`` as a case id writes it (``Case.id``: '-' as '_')."""
+    return name.replace("-", "_")
+
+
 def missing_members(cls: type, base: type, required: tuple[str, ...]) -> list[str]:
     """What ``cls`` lacks to be a ``base``: the ``required`` attributes it has none of, and ``base``'s abstract
     methods it leaves abstract."""
@@ -80,15 +85,18 @@ class Registry(Generic[T]):
     def _load_plugins(self) -> None:
         found: dict[str, T] = {}
         origins: dict[str, str] = {}
+        # Case ids write names with '_' for '-' (Case.id): two names that read alike there are one name.
+        built_in = {spelled(known): known for known in self._entries}
         for entry_point in entry_points(self.group):
             who = origin(entry_point)
             name = entry_point.name
-            if name in self._entries:
-                raise PluginError(f"{who}: {self.kind} {name!r} is a built-in {self.kind}'s name; "
-                                  f"register it under another name")
-            if name in found:
-                raise PluginError(f"{who}: {self.kind} {name!r} is registered by {origins[name]} too; "
-                                  f"one of them must take another name")
+            if spelled(name) in built_in:
+                raise PluginError(f"{who}: {self.kind} {name!r} is a built-in {self.kind}'s name "
+                                  f"({built_in[spelled(name)]!r} in a case id); register it under another name")
+            taken = next((other for other in found if spelled(other) == spelled(name)), None)
+            if taken is not None:
+                raise PluginError(f"{who}: {self.kind} {name!r} is registered by {origins[taken]} too"
+                                  f"{'' if taken == name else f' (as {taken!r})'}; one of them must take another name")
             try:
                 target = entry_point.load()
             except Exception as error:
