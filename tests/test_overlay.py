@@ -91,3 +91,37 @@ def test_a_version_that_cannot_install_is_a_usage_error_naming_it_and_pips_reaso
 def test_a_revision_like_spec_with_one_equals_sign_says_how_to_name_a_version():
     with pytest.raises(BaseError, match="a package's version is PACKAGE==VERSION"):
         resolve("deepspeed=0.19.7", REPO)
+
+
+def session_with_base(pins, base_versions):
+    """An A/B session whose base side (a stand-in) answered ready with ``base_versions``."""
+    from types import SimpleNamespace
+
+    from fixtures.ab import ABSession
+    from parabench.ab.side import BaseSpec
+
+    spec = BaseSpec(text=",".join(f"{n}=={v}" for n, v in pins), python="/overlay/bin/python", revision=None,
+                    overlay="an overlay", pins=pins)
+    ab = ABSession(config=None, spec=spec, rule=None, policy=None)
+    ab.side = SimpleNamespace(ready={"versions": base_versions}, close=lambda: None)
+    return ab
+
+
+def test_a_base_side_that_does_not_run_the_pinned_version_stops_the_session():
+    ab = session_with_base((("tabulate", "0.0.1"),), {"tabulate": "0.9.0"})
+    with pytest.raises(pytest.UsageError, match=r"the base side imports tabulate 0\.9\.0 \(pinned 0\.0\.1\)"):
+        ab.check_pins()
+    assert ab.side is None  # closed: nothing runs
+
+
+def test_a_pin_equal_to_heads_own_version_is_said_to_be_an_a_a_session():
+    import importlib.metadata
+
+    mine = importlib.metadata.version("tabulate")
+    ab = session_with_base((("tabulate", mine),), {"tabulate": mine})
+    ab.check_pins()
+    assert ab.warnings == [f"--bench-ab=tabulate=={mine}: head runs tabulate=={mine} too: for that package this is an "
+                           f"A/A session"]
+    ab = session_with_base((("tabulate", "0.0.1"),), {"tabulate": "0.0.1"})
+    ab.check_pins()
+    assert ab.warnings == []

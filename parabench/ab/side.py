@@ -48,6 +48,7 @@ class BaseSpec:
     revision: str | None      # the resolved commit (full sha), or None: this checkout's working tree
     revision_text: str | None = None
     overlay: str | None = None  # PACKAGE==VERSION: what the overlay environment holds, where, made or reused
+    pins: tuple[tuple[str, str], ...] = ()  # PACKAGE==VERSION: (package, version) each, to be checked on the base
 
     def describe(self) -> str:
         parts = [f"interpreter {self.python}" + (f" ({self.overlay})" if self.overlay else "")]
@@ -102,7 +103,8 @@ def resolve(text: str, root: Path) -> BaseSpec:
         pins = overlay.parse(text)
         if pins is not None:
             made = overlay.ensure(pins, root, text, say=lambda line: print(line, file=sys.__stderr__, flush=True))
-            return BaseSpec(text=text, python=str(made.python), revision=None, overlay=made.describe())
+            return BaseSpec(text=text, python=str(made.python), revision=None, overlay=made.describe(),
+                            pins=tuple((pin.name, pin.version) for pin in pins))
     except overlay.OverlayError as error:
         raise BaseError(str(error)) from None
     python, revision = None, None
