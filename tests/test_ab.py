@@ -143,3 +143,32 @@ def test_an_ab_session_runs_both_sides_in_rounds_and_judges_them(tmp_path):
     # Round 1 measures everything; later rounds are for step times only.
     assert stored["peak_allocated_bytes"][0] is not None and len(stored["ab"]["head_steps"][1]) == 20
     assert stored["ab"]["base"]["loss"] == stored["loss"] and "parity" in stored["ab"]["base"]
+
+
+# The last revision whose parabench/ was flat modules: a base of that layout must still run under today's server.
+FLAT_LAYOUT = "ca3ee5b6fd94"
+
+
+def test_the_base_server_runs_a_revision_of_the_flat_layout(tmp_path):
+    from parabench.ab.side import BaseSide, BaseSpec, Worktree
+    from parabench.cases.case import Case
+
+    found = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", f"{FLAT_LAYOUT}^{{commit}}"],
+                           capture_output=True, text=True)
+    if found.returncode != 0:
+        pytest.skip(f"{FLAT_LAYOUT} is not in this clone (shallow?): git fetch --unshallow")
+    tree = Worktree(REPO, found.stdout.strip())
+    try:
+        assert not (tree.path / "parabench" / "runtime").exists()  # the flat layout indeed
+        settings = {"device": "cpu", "backend": "gloo", "threads": 1, "pin": False, "packages": ["deepspeed"],
+                    "memory_limit_bytes": None}
+        side = BaseSide(BaseSpec(text="flat", python=sys.executable, revision=tree.revision), tree.path, settings,
+                        tmp_path / "base.log")
+        try:
+            assert side.ready["tree"] == os.path.realpath(tree.path) and "deepspeed" in side.ready["versions"]
+            case = Case("torch-ddp", "adamw", "mlp-digits", 2, "fp32").to_dict()
+            assert side.check([case]) == {"problems": {}, "unknown": {}}
+        finally:
+            side.close()
+    finally:
+        tree.remove()
