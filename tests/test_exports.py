@@ -284,6 +284,15 @@ def test_the_report_is_appended_after_what_the_summary_held(tmp_path, monkeypatc
     assert "## parabench gate: 1 case(s) REGRESSED, 1 case(s) UNJUDGED" in text and "Every case and metric" in text
 
 
+def test_a_failed_session_says_so_above_a_green_table(tmp_path):
+    path = tmp_path / "summary.md"
+    green = GateReport(rows=[Row("test_train[a]", "state_bytes", Verdict.UNCHANGED, "1 MB", "1 MB", 0.0, "")])
+    append_step_summary(green, "reports/gate.md", path, outcome="pytest: exit 1 (3 passed, 1 failed): the session "
+                                                                 "FAILED, whatever the table says")
+    text = path.read_text()
+    assert text.startswith("**pytest: exit 1 (3 passed, 1 failed): the session FAILED") and "no regression" in text
+
+
 def test_a_bar_in_a_cell_does_not_split_the_markdown_tables():
     rows = [Row("test_train[a]", "parity", Verdict.REGRESSED, "max |Δ| 2.38e-07", "max |Δ| 1.00e-03", None, "x")]
     markdown = GateReport(rows=rows).to_markdown()
@@ -392,7 +401,8 @@ def test_one_case_from_the_command_line_writes_every_ci_output(tmp_path):
     assert "parity_max_abs_difference" in properties  # what the case's parity check records, beside them
 
     gate_md = (tmp_path / "reports" / "gate.md").read_text()
-    assert summary.read_text() == "# an earlier step\n\n" + gate_md
+    # The session's own outcome above the report: the table alone cannot say that a test failed.
+    assert summary.read_text() == "# an earlier step\n\n**pytest: exit 0 (1 passed)**\n\n" + gate_md
     assert "NOTHING GATED (excused: --bench-gate-allow=nothing-gated)" in gate_md and CASE in gate_md
     for line in ("parabench: CI outputs", f"job summary: the report appended to {summary}",
                  f"export benchmark-action: {tmp_path / 'action.json'} (5 entries)",

@@ -48,7 +48,8 @@ def summary_text(report: Renders, room: int, full_report: str) -> tuple[str, boo
     return fit(report.to_markdown(full_report=full_report), room, full_report), False
 
 
-def append_step_summary(report: Renders, full_report: str, path: str | Path | None = None) -> str | None:
+def append_step_summary(report: Renders, full_report: str, path: str | Path | None = None,
+                        outcome: str | None = None) -> str | None:
     """Append ``report`` to the job summary (``path``, else ``$GITHUB_STEP_SUMMARY``); None where there is none,
     else a line saying what was appended, for the session's last lines."""
     path = path if path is not None else os.environ.get(ENVIRONMENT)
@@ -66,12 +67,14 @@ def append_step_summary(report: Renders, full_report: str, path: str | Path | No
         with open(path, "rb") as f:
             f.seek(size - 1)
             lead = b"\n" if f.read(1) == b"\n" else b"\n\n"
-    room = STEP_SUMMARY_LIMIT - size - len(lead)
+    # The tests' own outcome first: a report can say "no regression" of a session whose tests failed.
+    head = f"**{outcome}**\n\n".encode() if outcome else b""
+    room = STEP_SUMMARY_LIMIT - size - len(lead) - len(head)
     text, whole = summary_text(report, room, full_report)
     if not text:
         return (f"job summary NOT written: {path} already holds {size} bytes of GitHub's {STEP_SUMMARY_LIMIT} per "
                 f"step; the report is {full_report}")
-    data = lead + text.encode()
+    data = lead + head + text.encode()
     handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         written = os.write(handle, data)  # one write: appended whole (a regular file takes it all)
