@@ -242,8 +242,10 @@ def _run_pytest(command: list[str], cwd: Path, log: Path, timeout_s: float) -> i
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
     environment["PYTHONPATH"] = os.pathsep.join([str(cwd), *filter(None, [os.environ.get("PYTHONPATH")])])
     with open(log, "wb") as out:
+        # Its own session: a Ctrl-C reaches it once, forwarded by _stop, not also from the terminal mid-clean-up;
+        # SIGINT at its default (a background job starts with it ignored), so that pytest stops cleanly on it.
         process = subprocess.Popen(command, cwd=cwd, env=environment, stdin=subprocess.DEVNULL, stdout=out,
-                                   stderr=subprocess.STDOUT)
+                                   stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_default_sigint)
         try:
             return process.wait(timeout_s)
         except subprocess.TimeoutExpired:
@@ -252,6 +254,10 @@ def _run_pytest(command: list[str], cwd: Path, log: Path, timeout_s: float) -> i
         except BaseException:
             _stop(process)
             raise
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _stop(process: subprocess.Popen) -> None:
