@@ -1,4 +1,5 @@
-"""Command line: ``python -m parabench report [RUN …]``, ``thresholds``, ``host`` and ``history``."""
+"""Command line: ``python -m parabench report [RUN …]``, ``thresholds``, ``host``, ``history`` and
+``bisect GOOD BAD -k CASE``."""
 
 from __future__ import annotations
 
@@ -67,6 +68,33 @@ def parser() -> argparse.ArgumentParser:
     history.add_argument("--time", default="report", choices=("judge", "report"),
                          help="the latest verdicts: report step time with the verdict it would get (default, as CI's "
                               "gate does), or judge it")
+    bisect = commands.add_parser(
+        "bisect", help="the first commit between GOOD and BAD that made a case worse, by A/B sessions against GOOD",
+        description="Walk BAD's first-parent line back to GOOD by binary search: each commit tested runs `pytest "
+                    "bench/ -k CASE --bench-ab=GOOD` in a detached worktree of its own (head: that commit; base: "
+                    "GOOD) and is bad when a row of the chosen metrics regressed in that session's gate.json. BAD "
+                    "is judged first. A commit whose case fails or errors, or where the metrics were not judged, is "
+                    "skipped (as git bisect skip). The checkout is left as it was. Exit 0: the first bad commit "
+                    "found; 2: a usage error, or BAD not worse than GOOD; 1: something failed. docs/bisect.md.",
+        epilog="Arguments after -- go to every step's pytest, e.g. -- --bench-steps=4.")
+    bisect.add_argument("good", metavar="GOOD", help="a commit where the case is as it should be")
+    bisect.add_argument("bad", metavar="BAD", help="a later commit, on whose history GOOD is, where it is worse")
+    bisect.add_argument("-k", required=True, metavar="CASE",
+                        help="the case(s) to judge, as pytest -k selects them in bench/")
+    bisect.add_argument("--metric", action="append", metavar="NAME",
+                        help="what makes a commit bad, repeated or comma-separated: state_bytes, "
+                             "peak_allocated_bytes, comm, flops, loss, parity (the exact metrics: the default, all "
+                             "of them, 2 A/B rounds a step) or time (step time: the policy's rounds)")
+    bisect.add_argument("--changed", action="store_true",
+                        help="bad is any change of the chosen metrics: regressed, improved, or measured another way "
+                             "(unjudged, 'remeasured')")
+    bisect.add_argument("--rounds", type=int, default=None, metavar="N",
+                        help="A/B rounds a step (default 2 for exact metrics, the policy's with time)")
+    bisect.add_argument("--timeout", type=float, default=3600.0, metavar="S",
+                        help="seconds one step's session may run before it is stopped and skipped (default 3600)")
+    bisect.add_argument("--out", default=None, metavar="DIR",
+                        help="keep each step's gate.json, gate.md and pytest log under DIR/<commit>/")
+    bisect.add_argument("--repo", default=".", help="the checkout whose history is searched (default: here)")
     return main
 
 
@@ -165,9 +193,17 @@ def main(argv: list[str] | None = None) -> int:
     from parabench.report.runs import ReportError
 
     argv = sys.argv[1:] if argv is None else argv
+    extra: list[str] = []
+    if argv[:1] == ["bisect"] and "--" in argv:  # the rest is every step's pytest's
+        argv, extra = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     args = parser().parse_args(argv)
+    args.pytest_args = extra
     if args.command == "host":
         return host(args)
+    if args.command == "bisect":
+        from parabench.ab.bisect import bisect
+
+        return bisect(args)
     if args.command == "thresholds":
         print(thresholds(args))
         return 0

@@ -128,10 +128,11 @@ class Worktree:
 
     root: Path
     revision: str
+    prefix: str = "parabench-ab-base-"  # the temporary directory's name starts so
     path: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        self.path = Path(tempfile.mkdtemp(prefix="parabench-ab-base-")) / "tree"
+        self.path = Path(tempfile.mkdtemp(prefix=self.prefix)) / "tree"
         made = _git(self.root, "worktree", "add", "--detach", "--quiet", str(self.path), self.revision)
         if made.returncode != 0:
             shutil.rmtree(self.path.parent, ignore_errors=True)
