@@ -40,7 +40,11 @@ OPTION = re.compile(r"--bench(?:mark)?-[a-z0-9]+(?:-[a-z0-9]+)*")
 PYTEST_COMMAND = re.compile(r"pytest\s+(bench/[^\s`]*)([^`\n#|&]*)")
 SELECTION = re.compile(r"""(?:^|\s)-k\s+(?:"([^"]*)"|'([^']*)'|(\S+))""")
 PROFILE = re.compile(r"--bench-profile[= ]([a-z0-9-]+)")
-PLACEHOLDER = re.compile(r"[A-Z][A-Z_]*|.*….*")  # -k EXPR, -k NAME, -k …: a placeholder, not an example
+# -k EXPR, -k NAME, -k …, -k "$VARIABLE": a placeholder, not an example
+PLACEHOLDER = re.compile(r"[A-Z][A-Z_]*|.*….*|\$\{?[A-Za-z_]+\}?")
+# Pages whose selections name a package's cases, which exist only with that package installed: tests/test_plugins.py
+# installs the example package and selects its cases with the page's -k example_mlp.
+NEEDS_A_PACKAGE = {"docs/plugins.md"}
 SUBCOMMAND = re.compile(r"python3? -m parabench\s+([a-z][a-z-]*)")
 MODULE_COMMAND = re.compile(r"python3? -m (parabench(?:\.[a-z_]+)+)")
 
@@ -149,7 +153,8 @@ def all_selections() -> list[Selection]:
     for path in documents():
         if EVIDENCE in path.parents:
             continue
-        found.extend(selections(path.read_text(encoding="utf-8"), name(path)))
+        if name(path) not in NEEDS_A_PACKAGE:
+            found.extend(selections(path.read_text(encoding="utf-8"), name(path)))
     return found
 
 
