@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,22 @@ def newest_by_name(runs: Iterable[StoredRun]) -> dict[str, list[tuple[StoredRun,
     for entries in found.values():
         entries.reverse()
     return found
+
+
+def publish_folder(staging: Path, out: Path) -> None:
+    """Put a finished folder (a report, a site) at ``out``: renamed into place; a previous one is moved aside first,
+    put back if the rename fails, and removed only once the new one is there."""
+    if not out.exists():
+        os.rename(staging, out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.rename(out, old)
+    try:
+        os.rename(staging, out)
+    except BaseException:
+        os.rename(old, out)  # the previous folder back as it was
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write(path: str | Path, data: bytes, overwrite: bool = False) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from parabench.gate.baselines import publish_folder
 from parabench.gate.judge import compare
 from parabench.gate.policy import Policy, PolicyError, load_policy
 from parabench.gate.report import Row
@@ -133,26 +133,11 @@ def build(storage: str | Path, out: str | Path, policy_path: str | Path, command
         site.seconds = time.perf_counter() - started
         (building / MARKER).write_text(f"written by: {command or 'python -m parabench history'}\n"
                                        f"{site.summary()}\n", encoding="utf-8")
-        publish(building, out)
+        publish_folder(building, out)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
     return site
-
-
-def publish(building: Path, out: Path) -> None:
-    """Put the finished site at ``out``: renamed into place; a previous site is moved aside first, then removed."""
-    if not out.exists():
-        os.rename(building, out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.rename(out, old)
-    try:
-        os.rename(building, out)
-    except BaseException:
-        os.rename(old, out)  # the previous site back as it was
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def latest_verdicts(runs: Sequence[Run], series: Sequence[Series], policy: Policy,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from parabench.gate.baselines import publish_folder
 from parabench.report import figures, published, tables
 from parabench.report.runs import ReportError, ReportRun, machine, versions
 from parabench.report.tables import Table
@@ -67,7 +68,7 @@ def render(run: ReportRun, out: str | Path, base: ReportRun | None = None, steps
         document = Document(staging)
         _write(document, run, base, steps, policy, command, judge_time)
         (staging / "report.md").write_text("\n".join(document.lines), encoding="utf-8")
-        _swap(staging, out)
+        publish_folder(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -81,21 +82,6 @@ def _policy(path: str | Path):
         return load_policy(Path(path))
     except (PolicyError, OSError) as error:
         raise ReportError(f"the gate's policy: {error}") from None
-
-
-def _swap(staging: Path, out: Path) -> None:
-    """Move the finished report into place; an old one is removed only after the new one is there."""
-    if not out.exists():
-        os.rename(staging, out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.rename(out, old)
-    try:
-        os.rename(staging, out)
-    except BaseException:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write(doc: Document, run: ReportRun, base: ReportRun | None, steps: int, policy, command: str,
