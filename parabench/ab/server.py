@@ -23,16 +23,18 @@ import traceback
 
 
 def _module(name):
-    """``parabench.<package>.<module>``, or where a base tree from before the subpackages kept it,
-    ``parabench.<module>``: a base revision of either layout runs under this server."""
+    """``parabench.<package>.<module>``, or where the base tree is of the layout before the subpackages,
+    ``parabench.<module>``: a base revision of either layout runs under this server. The layout is read from the
+    base tree's files, not from a failed import: an editable install of another checkout can answer an import the
+    base tree cannot (its finder maps ``parabench.*`` to that checkout)."""
     import importlib
 
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        if error.name is None or not name.startswith(error.name) or error.name.count(".") < 1:
-            raise
-        return importlib.import_module("parabench." + name.rsplit(".", 1)[1])
+    import parabench
+
+    parts = name.split(".")
+    if len(parts) > 2 and not os.path.isdir(os.path.join(os.path.dirname(parabench.__file__), parts[1])):
+        name = "parabench." + parts[-1]
+    return importlib.import_module(name)
 
 
 def _answer(out, message) -> None:
