@@ -48,6 +48,18 @@ def missing_members(cls: type, base: type, required: tuple[str, ...]) -> list[st
     return missing
 
 
+def require_class(cls: type, base: type, required: tuple[str, ...], kind: str, named: str, expected: str) -> None:
+    """``cls`` is a ``base`` with every ``required`` member, or a PluginError: ``named`` is what the entry point names,
+    ``expected`` what it should be (e.g. "parabench.strategies.Strategy subclass")."""
+    missing = missing_members(cls, base, required)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        lacks = f"; it lacks {', '.join(missing)}" if missing else ""
+        raise PluginError(f"names {named}, which is not a {expected}{lacks}")
+    if missing:
+        raise PluginError(f"{kind} class {cls.__qualname__} lacks {', '.join(missing)} (a {base.__name__} needs "
+                          f"{', '.join(required)})")
+
+
 class Registry(Generic[T]):
     """Entries registered by name; unknown names raise an error that lists the known ones."""
 

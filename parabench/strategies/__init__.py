@@ -3,7 +3,7 @@ an entry point in the group ``parabench.strategies`` naming the subclass (``docs
 
 from typing import Any
 
-from parabench.cases.registry import PluginError, Registry, missing_members
+from parabench.cases.registry import PluginError, Registry, require_class
 from parabench.strategies.base import RankContext, Strategy
 from parabench.strategies.colossalai_booster import (
     ColossalAIGemini,
@@ -41,13 +41,8 @@ def accept_strategy(name: str, target: Any) -> type[Strategy]:
     """A package's strategy: a ``Strategy`` subclass named ``name``."""
     if not isinstance(target, type):
         raise PluginError(f"names {target!r}, which is not a class; name a parabench.strategies.Strategy subclass")
-    missing = missing_members(target, Strategy, STRATEGY_MEMBERS)
-    if not issubclass(target, Strategy):
-        lacks = f"; it lacks {', '.join(missing)}" if missing else ""
-        raise PluginError(f"names {target.__qualname__}, which is not a parabench.strategies.Strategy subclass{lacks}")
-    if missing:
-        raise PluginError(f"strategy class {target.__qualname__} lacks {', '.join(missing)} (a Strategy needs "
-                          f"{', '.join(STRATEGY_MEMBERS)})")
+    require_class(target, Strategy, STRATEGY_MEMBERS, "strategy", target.__qualname__,
+                  "parabench.strategies.Strategy subclass")
     if target.name != name:
         raise PluginError(f"names strategy {target.name!r}; the entry point's name must be the strategy's name")
     if not isinstance(target.family, str) or not target.family.isidentifier():

@@ -3,7 +3,7 @@ an entry point in the group ``parabench.workloads`` naming the subclass or an in
 
 from typing import Any
 
-from parabench.cases.registry import PluginError, Registry, missing_members
+from parabench.cases.registry import PluginError, Registry, require_class
 from parabench.workloads.base import Batch, Workload, concatenated, step_indices
 from parabench.workloads.beans import VitBeans
 from parabench.workloads.digits import MlpDigits, VitBaseDigits, VitDigits
@@ -16,13 +16,8 @@ WORKLOAD_MEMBERS = ("name", "build_model", "num_examples", "batch", "loss")
 def accept_workload(name: str, target: Any) -> Workload:
     """A package's workload: a ``Workload`` subclass (built with no arguments) or an instance, named ``name``."""
     cls = target if isinstance(target, type) else type(target)
-    missing = missing_members(cls, Workload, WORKLOAD_MEMBERS)
-    if not issubclass(cls, Workload):
-        lacks = f"; it lacks {', '.join(missing)}" if missing else ""
-        raise PluginError(f"names {target!r}, which is not a parabench.workloads.Workload subclass or instance{lacks}")
-    if missing:
-        raise PluginError(f"workload class {cls.__qualname__} lacks {', '.join(missing)} (a Workload needs "
-                          f"{', '.join(WORKLOAD_MEMBERS)})")
+    require_class(cls, Workload, WORKLOAD_MEMBERS, "workload", repr(target),
+                  "parabench.workloads.Workload subclass or instance")
     if isinstance(target, type):
         try:
             target = target()
