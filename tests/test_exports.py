@@ -361,6 +361,14 @@ def test_a_bad_export_is_a_usage_error_naming_the_formats():
     assert "bencher (Bencher Metric Format (BMF) JSON)" in result.stderr
 
 
+def test_a_session_without_a_case_result_writes_no_export_and_says_so(tmp_path):
+    result = pytest_run("bench/test_torch_strategies.py", "-k", "no_such_case", "-p", "no:cacheprovider",
+                        f"--bench-export=bencher:{tmp_path / 'bmf.json'}")
+    assert result.returncode == 5, result.stdout + result.stderr  # nothing ran: pytest's own status stays
+    assert "exports NOT written: this session produced no case result" in result.stdout
+    assert not (tmp_path / "bmf.json").exists()
+
+
 CASE = "torch-ddp-adamw-mlp_digits-w2-fp32"
 
 
