@@ -59,7 +59,7 @@ def compare(now: Sequence[Mapping[str, Any]], stored: Iterable[StoredRun], polic
 
     # With versions = "compare" the library versions leave the key: a stored run of other versions is compared
     # (the runs of this run's versions first, if any), and every row of such a case names what differs.
-    fields = tuple(f for f in policy.key_fields if f != "versions" or policy.versions == "equal")
+    fields = policy.compared_fields
     across: Counter[str] = Counter()
     for bench in sorted(now, key=lambda b: b["name"]):
         info = bench["extra_info"]
@@ -327,7 +327,7 @@ def time_judgeability(stored: Iterable[StoredRun], policy: Policy,
     """Per case and machine (hardware, forced kernels), the step-time threshold the newest stored runs of one key
     would judge a new run at, and whether it is judged at all (``max_threshold``): how useful stored-run time is."""
     history = newest_by_name(stored)
-    fields = tuple(f for f in policy.key_fields if f != "versions" or policy.versions == "equal")
+    fields = policy.compared_fields
     rows = []
     for name in sorted(set(names) & set(history) if names is not None else history):
         kinds: dict[tuple, list[Mapping[str, Any]]] = {}

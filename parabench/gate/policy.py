@@ -58,6 +58,12 @@ class Policy:
     overrides: tuple[tuple[tuple[str, ...], dict[str, Any]], ...]
     ab: dict[str, Any]  # the [ab] table: PairedRule's fields
 
+    @property
+    def compared_fields(self) -> tuple[str, ...]:
+        """The key fields stored runs must match to be compared: all of them, less the library versions where the
+        policy compares across them (``versions = "compare"``)."""
+        return tuple(f for f in self.key_fields if f != "versions" or self.versions == "equal")
+
     def ab_rule(self):
         """The paired A/B rule (``parabench.gate.verdict.PairedRule``) of this policy."""
         return PairedRule(**self.ab)

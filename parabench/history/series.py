@@ -21,6 +21,7 @@ from typing import Any
 from parabench.gate.baselines import BaselineError, StoredRun, discover
 from parabench.gate.keys import hardware_name, machine_key, slug
 from parabench.gate.policy import Policy
+from parabench.measure.costs import total
 
 HISTORY_HINT = "record runs with: python3 -m pytest bench/ --bench-record (docs/gate.md, 'Recording baselines'), or point --storage at them"
 
@@ -149,15 +150,9 @@ def commit_tags(commits: Iterable[str], where: str | Path) -> dict[str, tuple[st
     return found
 
 
-def key_fields(policy: Policy) -> tuple[str, ...]:
-    """The key fields the gate compares like with like on: the policy's, without versions when it compares across
-    them (``versions = "compare"``)."""
-    return tuple(f for f in policy.key_fields if f != "versions" or policy.versions == "equal")
-
-
 def build_series(runs: Sequence[Run], policy: Policy) -> list[Series]:
     """Every (benchmark name, machine key) of ``runs`` as a series, ordered by machine kind and name."""
-    fields = key_fields(policy)
+    fields = policy.compared_fields
     grouped: dict[tuple[str, str], list[Point]] = {}
     keys: dict[tuple[str, str], dict[str, Any]] = {}
     for run in runs:
@@ -202,7 +197,7 @@ def bus_bytes_per_rank(info: Mapping[str, Any]) -> list[int] | None:
     comm = info.get("comm")
     if not comm or any(rank is None for rank in comm):
         return None
-    return [sum(int(entry.get("bus_bytes", 0)) for entry in rank.values()) for rank in comm]
+    return [total(rank) for rank in comm]
 
 
 def flops_per_rank(info: Mapping[str, Any]) -> list[int] | None:
